@@ -1,0 +1,205 @@
+"""The `lmforge` command: a table from subcommand to a typed entry function.
+
+Options are generated from each entry function's signature (types, defaults, `Literal` choices) and its
+docstring's `Args:` section, so `lmforge <verb> --help` always matches the Python API. A parameter typed with a
+dataclass (the training options) is expanded into one option per field. Modules are imported only for the
+command that runs, so `lmforge --help` is instant.
+
+Errors a user can fix are `LmforgeError`s: printed as one line, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import os
+import re
+import sys
+import types
+import typing
+from typing import Any, Callable, Literal, get_args, get_origin
+
+# subcommand -> (module:function, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("lmforge.demo:demo", "train a tokenizer and a tiny GPT on a built-in corpus, end to end (~3 min)"),
+    "tokenizer train": ("lmforge.tokenizer_cli:train", "train a BPE, WordPiece, Unigram or character tokenizer"),
+    "tokenizer encode": ("lmforge.tokenizer_cli:encode", "show the tokens of a text"),
+    "prepare": ("lmforge.data.prepare:prepare", "tokenize a corpus into memory-mapped token files + manifest"),
+    "pretrain": ("lmforge.train.pretrain:pretrain", "pretrain a model: causal LM, masked LM or seq2seq"),
+    "sample": ("lmforge.generate:sample_cli", "sample a continuation from a checkpoint"),
+    "eval perplexity": ("lmforge.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
+    "info": ("lmforge.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
+}
+
+
+# ---- docstrings ----------------------------------------------------------------------------------------
+
+def _doc_parts(func: Callable) -> tuple[str, dict[str, str]]:
+    """The description and the per-argument help of a Google-style docstring."""
+    doc = inspect.getdoc(func) or ""
+    description, _, args_block = doc.partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    current = None
+    for line in args_block.splitlines():
+        m = re.match(r"\s{0,4}(\w+):\s*(.*)", line)
+        if m and not line.startswith(" " * 5):
+            current = m.group(1)
+            helps[current] = m.group(2)
+        elif current and line.strip():
+            if re.match(r"^[A-Z][a-z]+:$", line.strip()):  # the next section (Returns:)
+                break
+            helps[current] += " " + line.strip()
+    return description.strip(), helps
+
+
+# ---- types -> argparse ---------------------------------------------------------------------------------
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _option_name(name: str) -> str:
+    return "--" + name.rstrip("_").replace("_", "-")
+
+
+def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: Any, help_text: str,
+                  positional: bool, option: str | None = None) -> None:
+    tp = _unwrap_optional(tp)
+    kwargs: dict[str, Any] = {"help": help_text or None}
+    origin = get_origin(tp)
+    if origin is Literal:
+        kwargs["choices"] = list(get_args(tp))
+        kwargs["type"] = type(get_args(tp)[0])
+    elif origin in (list, tuple) or tp in (list, tuple):
+        item = (get_args(tp) or (str,))[0]
+        kwargs["type"] = item if item in (int, float, str) else str
+        if positional:
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["action"] = "append"
+    elif tp is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif tp in (int, float, str):
+        kwargs["type"] = tp
+    else:
+        kwargs["type"] = str
+    if positional:
+        kwargs["metavar"] = name.upper().rstrip("_")
+        parser.add_argument(name, **kwargs)
+        return
+    if default is not inspect.Parameter.empty:
+        kwargs["default"] = None if isinstance(default, (list, tuple)) and not default else default
+        if kwargs.get("help") and default not in (None, False, (), []) and tp is not bool:
+            kwargs["help"] += f" (default: {default})"
+    else:
+        kwargs["required"] = True
+    parser.add_argument(option or _option_name(name), dest=name, **kwargs)
+
+
+def _field_help(field: dataclasses.Field) -> str:
+    return field.metadata.get("help", "")
+
+
+def build_parser(command: str, func: Callable) -> tuple[argparse.ArgumentParser, dict[str, type]]:
+    description, helps = _doc_parts(func)
+    parser = argparse.ArgumentParser(prog=f"lmforge {command}", description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(func)
+    dataclass_params: dict[str, type] = {}
+    for name, param in inspect.signature(func).parameters.items():
+        if param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        tp = _unwrap_optional(hints.get(name, str))
+        if dataclasses.is_dataclass(tp):
+            dataclass_params[name] = tp
+            group = parser.add_argument_group(f"{name} options")
+            field_hints = typing.get_type_hints(tp)
+            for field in dataclasses.fields(tp):
+                default = field.default if field.default is not dataclasses.MISSING else (
+                    field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+                _add_argument(group, f"{name}__{field.name}", field_hints[field.name], default,
+                              _field_help(field), positional=False, option=_option_name(field.name))
+            continue
+        positional = param.default is inspect.Parameter.empty and param.kind != param.KEYWORD_ONLY
+        _add_argument(parser, name, hints.get(name, str), param.default, helps.get(name, ""), positional)
+    return parser, dataclass_params
+
+
+def _resolve(command: str) -> Callable:
+    target, _ = COMMANDS[command]
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    for n in (2, 1):
+        key = " ".join(argv[:n])
+        if key in COMMANDS:
+            return key, argv[n:]
+    return None, argv
+
+
+def _top_help() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: lmforge <command> [options]   (lmforge <command> --help for its options)", "", "commands:"]
+    lines += [f"  {c.ljust(width)}  {d}" for c, (_, d) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> Any:
+    command, rest = _split_command(argv)
+    if command is None:
+        if not argv or argv[0] in ("-h", "--help", "help"):
+            print(_top_help())
+            return None
+        if argv[0] in ("--version", "-V"):
+            from . import __version__
+
+            print(f"lmforge {__version__}")
+            return None
+        groups = sorted({c.split()[0] for c in COMMANDS if c.split()[0] == argv[0]})
+        hint = ("; its subcommands: " + ", ".join(c for c in COMMANDS if c.startswith(argv[0] + " "))) if groups else ""
+        from .errors import LmforgeError
+
+        raise LmforgeError(f"unknown command {' '.join(argv[:2])!r}{hint}; run `lmforge --help` for the list")
+    func = _resolve(command)
+    parser, dataclass_params = build_parser(command, func)
+    namespace = vars(parser.parse_args(rest))
+    kwargs: dict[str, Any] = {}
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in dataclass_params}
+    for key, value in namespace.items():
+        if "__" in key and key.split("__")[0] in dataclass_params:
+            group, field = key.split("__", 1)
+            grouped[group][field] = value
+        else:
+            kwargs[key] = value
+    for name, cls in dataclass_params.items():
+        kwargs[name] = cls(**grouped[name])
+    return func(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import LmforgeError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

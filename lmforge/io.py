@@ -1,0 +1,123 @@
+"""Atomic file and folder writes: every file lmforge writes goes through here.
+
+A crash (or SIGKILL) at any moment leaves either the old content or the new content, never a torn file:
+files are written to a temporary name in the same folder, flushed to disk, then renamed over the target
+(`os.replace` is atomic on POSIX and Windows). Folders (checkpoints, exports) are written to a temporary
+sibling and swapped in with two renames; `recover_dir` repairs the one window where only the backup exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on success flush, fsync and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    binary = "b" in mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors to a .safetensors file atomically (contiguous CPU copies, shared storage broken)."""
+    from safetensors.torch import save
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    payload = save(flat, metadata=metadata)
+    with atomic_write(path, "wb") as f:
+        f.write(payload)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=1 << 20)
+
+
+def recover_dir(path: str | os.PathLike) -> Path:
+    """Finish an interrupted `atomic_dir` swap: if only `<path>.old` exists, it is the last complete copy."""
+    path = Path(path)
+    old = path.with_name(path.name + OLD_SUFFIX)
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name, then swap it in for `path`.
+
+    At every moment either `path` or `path.old` holds a complete folder; readers call `recover_dir` first.
+    """
+    path = Path(path)
+    recover_dir(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    old = path.with_name(path.name + OLD_SUFFIX)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

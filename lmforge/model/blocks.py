@@ -1,0 +1,312 @@
+"""The building blocks shared by every architecture: norms, positions, attention, MLP, Transformer block.
+
+Shapes: B batch, T query length, S key length, H query heads, K key/value heads, D head dim, C model width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(F, "rms_norm"):
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or config.d_model
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)
+
+
+def activation_fn(name: str):
+    return {
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+        "silu": F.silu,
+        "swiglu": F.silu,
+        "geglu": F.gelu,
+    }[name]
+
+
+# ---- positions ----------------------------------------------------------------------------------------
+
+def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
+    """Vaswani et al.'s encoding with sines in the first half of the channels and cosines in the second."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = position * inv_freq  # (P, ceil(dim/2))
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    half = dim // 2 + dim % 2
+    table[:, :half] = torch.sin(angles)
+    table[:, half:] = torch.cos(angles[:, : dim // 2])
+    return table.float()
+
+
+def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the attention scaling factor for rotary embeddings, with `rope_scaling`.
+
+    Supports transformers' rope types for Llama: default, linear, dynamic (applied at build time to the
+    configured context), llama3 and yarn.
+    """
+    dim = config.rot_dim
+    base = config.rope_theta
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = dict(config.rope_scaling or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    factor = float(scaling.get("factor", 1.0))
+    attention_factor = 1.0
+    if kind == "default":
+        pass
+    elif kind == "linear":
+        inv_freq = inv_freq / factor
+    elif kind == "dynamic":
+        original = int(scaling.get("original_max_position_embeddings", config.context_length))
+        seq_len = max(config.context_length, original)
+        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    elif kind == "llama3":
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        original = float(scaling.get("original_max_position_embeddings", 8192))
+        low_wavelen, high_wavelen = original / low, original / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    elif kind == "yarn":
+        original = float(scaling.get("original_max_position_embeddings", config.context_length))
+        beta_fast = float(scaling.get("beta_fast", 32.0))
+        beta_slow = float(scaling.get("beta_slow", 1.0))
+        mscale = float(scaling.get("mscale", 1.0))
+        mscale_all = float(scaling.get("mscale_all_dim", 0.0))
+
+        def get_mscale(scale: float, m: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+        attention_factor = scaling.get("attention_factor")
+        if attention_factor is None:
+            attention_factor = (get_mscale(factor, mscale) / get_mscale(factor, mscale_all)
+                                if mscale_all else get_mscale(factor))
+
+        def correction_dim(rotations: float) -> float:
+            return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+        low = max(math.floor(correction_dim(beta_fast)), 0)
+        high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extrapolation = 1 - ramp
+        inv_freq = (inv_freq / factor) * (1 - extrapolation) + inv_freq * extrapolation
+    else:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported; use default | linear | dynamic | "
+                          "llama3 | yarn")
+    return inv_freq.float(), float(attention_factor)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary embeddings (rotate-half layout, as transformers' Llama)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        inv_freq, self.attention_factor = rope_parameters(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # position_ids (B, T) -> cos, sin (B, 1, T, rot_dim)
+        freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, rot/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_factor).to(dtype)[:, None]
+        sin = (emb.sin() * self.attention_factor).to(dtype)[:, None]
+        return cos, sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + _rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+# ---- attention ----------------------------------------------------------------------------------------
+
+class AttnMask(NamedTuple):
+    """What a layer needs to mask attention: a boolean (B|1, 1, T, S) mask (True = attend) or None, and
+    whether SDPA's built-in causal mask applies (only when there is no explicit mask)."""
+
+    mask: torch.Tensor | None
+    causal: bool
+
+
+def build_attn_mask(
+    query_len: int,
+    key_len: int,
+    *,
+    causal: bool,
+    key_padding: torch.Tensor | None = None,
+    window: int | None = None,
+    device: torch.device | None = None,
+) -> AttnMask:
+    """Combine causal, sliding-window and key-padding masks into one boolean mask for SDPA.
+
+    Queries are the last `query_len` of `key_len` positions (a KV cache holds the others). Rows that would
+    see no key at all (padding queries under left padding) may see themselves, so SDPA never returns NaN.
+    """
+    offset = key_len - query_len
+    if key_padding is None and window is None:
+        if not causal or query_len == 1:
+            return AttnMask(None, False)
+        if offset == 0:
+            return AttnMask(None, True)
+    q_idx = torch.arange(offset, key_len, device=device)[:, None]
+    k_idx = torch.arange(key_len, device=device)[None, :]
+    mask = torch.ones(query_len, key_len, dtype=torch.bool, device=device)
+    if causal:
+        mask = k_idx <= q_idx
+    if window is not None:
+        mask = mask & (k_idx > q_idx - window)
+    mask = mask[None, None]  # (1, 1, T, S)
+    if key_padding is not None:
+        mask = mask & key_padding[:, None, None, :].to(torch.bool)
+        empty = ~mask.any(dim=-1, keepdim=True)
+        mask = mask | (empty & (k_idx == q_idx))
+    return AttnMask(mask, False)
+
+
+class Attention(nn.Module):
+    """Multi-head, grouped-query or multi-query attention through `scaled_dot_product_attention`."""
+
+    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.dim_per_head
+        self.cross = cross
+        qkv_bias, out_bias = config.resolved("qkv_bias"), config.resolved("attn_out_bias")
+        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=out_bias)
+        self.dropout = config.resolved("attn_dropout")
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C)
+        mask: AttnMask,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        memory: torch.Tensor | None = None,  # (B, S, C) encoder output for cross-attention
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
+        if self.cross:
+            if cache is not None and cache.has_cross(layer):
+                k, v = cache.get_cross(layer)
+            else:
+                k = self._heads(self.k_proj(memory), self.n_kv_head)  # (B, K, S, D)
+                v = self._heads(self.v_proj(memory), self.n_kv_head)
+                if cache is not None:
+                    cache.set_cross(layer, k, v)
+        else:
+            k = self._heads(self.k_proj(x), self.n_kv_head)  # (B, K, T, D)
+            v = self._heads(self.v_proj(x), self.n_kv_head)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        if self.n_kv_head != self.n_head:
+            repeat = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(repeat, dim=1)
+            v = v.repeat_interleave(repeat, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.mask, is_causal=mask.causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        bias = config.resolved("mlp_bias")
+        self.gated = config.gated
+        if self.gated:
+            self.gate_proj = nn.Linear(config.d_model, config.ff_dim, bias=bias)
+        self.up_proj = nn.Linear(config.d_model, config.ff_dim, bias=bias)
+        self.down_proj = nn.Linear(config.ff_dim, config.d_model, bias=bias)
+        self.act = activation_fn(config.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class Block(nn.Module):
+    """Self-attention (+ cross-attention in a decoder of an encoder-decoder) + MLP, pre- or post-norm."""
+
+    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config)
+        self.cross_norm = make_norm(config) if cross else None
+        self.cross_attn = Attention(config, cross=True) if cross else None
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.Module, fn, *args, **kwargs) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(fn(norm(x), *args, **kwargs))
+        return norm(x + self.dropout(fn(x, *args, **kwargs)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttnMask,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        memory: torch.Tensor | None = None,
+        memory_mask: AttnMask | None = None,
+    ) -> torch.Tensor:
+        x = self._residual(x, self.attn_norm, self.attn, mask, rope, cache, layer)
+        if self.cross_attn is not None:
+            x = self._residual(x, self.cross_norm, self.cross_attn, memory_mask, None, cache, layer, memory)
+        return self._residual(x, self.mlp_norm, self.mlp)
