@@ -1,0 +1,142 @@
+"""Training and evaluation batches from prepared data, as pure functions of a sample index.
+
+A batch depends only on (seed, index of its first sample): an epoch is a seeded permutation of windows (with
+a seeded offset, so window boundaries move between epochs), and masking draws come from a generator seeded
+by the sample index. Resuming therefore needs no sampler state beyond a counter, and every process of a
+multi-process run can compute its own shard of the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .prepare import read_manifest
+
+
+def _memmap(path: Path, dtype: str) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"{path} is missing; the prepared data folder is incomplete - re-run `lmforge prepare`")
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class TokenWindows:
+    """Windows of `length` tokens from a packed token stream, epoch by epoch without repetition."""
+
+    def __init__(self, tokens: np.ndarray, length: int, seed: int, split: str = "train") -> None:
+        self.tokens, self.length, self.seed = tokens, length, seed
+        n = len(tokens)
+        if n < length + 1:
+            raise DataError(f"the {split} split has {n:,} tokens, fewer than one window of {length + 1}; "
+                            "use a smaller --context or more data")
+        # windows start at offset + k * stride; with the largest offset there are still `per_epoch` windows
+        self.stride = length
+        self.per_epoch = max((n - length - 1) // self.stride, 1)
+
+    @lru_cache(maxsize=2)
+    def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+        """The window offset and window order of an epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        last_start = len(self.tokens) - self.length - 1  # a window needs length + 1 tokens
+        max_offset = last_start - (self.per_epoch - 1) * self.stride  # >= 0 by the choice of per_epoch
+        offset = int(rng.integers(0, min(self.stride, max_offset + 1)))
+        return offset, rng.permutation(self.per_epoch)
+
+    def starts(self, first: int, count: int) -> np.ndarray:
+        out = np.empty(count, dtype=np.int64)
+        for i in range(count):
+            epoch, k = divmod(first + i, self.per_epoch)
+            offset, perm = self._epoch(epoch)
+            out[i] = offset + perm[k] * self.stride
+        return out
+
+    def windows(self, first: int, count: int, extra: int = 1) -> torch.Tensor:
+        """(count, length + extra) int64 token windows for samples first .. first + count - 1."""
+        rows = [self.tokens[s: s + self.length + extra] for s in self.starts(first, count)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def sequential(self, extra: int = 1) -> list[np.ndarray]:
+        """Non-overlapping windows from the start, for evaluation (the last partial window included)."""
+        n, out = len(self.tokens), []
+        for s in range(0, n - 1, self.length):
+            chunk = self.tokens[s: min(s + self.length + extra, n)]
+            if len(chunk) > 1:
+                out.append(np.asarray(chunk, dtype=np.int64))
+        return out
+
+
+class PairSet:
+    """Source/target id sequences of one split of prepared pair data."""
+
+    def __init__(self, folder: Path, split: str, dtype: str) -> None:
+        self.src = _memmap(folder / f"{split}.src.bin", dtype)
+        self.tgt = _memmap(folder / f"{split}.tgt.bin", dtype)
+        self.src_idx = _memmap(folder / f"{split}.src.idx", "int64")
+        self.tgt_idx = _memmap(folder / f"{split}.tgt.idx", "int64")
+        self.n = len(self.src_idx) - 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(self.src[self.src_idx[i]: self.src_idx[i + 1]], dtype=np.int64),
+                np.asarray(self.tgt[self.tgt_idx[i]: self.tgt_idx[i + 1]], dtype=np.int64))
+
+    def order(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(self.n)
+
+
+class PreparedData:
+    """A prepared data folder: manifest, tokenizer and memory-mapped splits."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.kind = self.manifest["kind"]
+        self.dtype = self.manifest["dtype"]
+
+    def tokenizer(self):
+        from ..tokenizer import Tokenizer
+
+        return Tokenizer.load(self.folder)
+
+    def tokens(self, split: str) -> np.ndarray:
+        if self.kind != "tokens":
+            raise DataError(f"{self.folder} holds {self.kind} data, not a token stream; prepare a plain corpus "
+                            "for causal or masked LM")
+        return _memmap(self.folder / f"{split}.bin", self.dtype)
+
+    def pairs(self, split: str) -> PairSet:
+        if self.kind != "pairs":
+            raise DataError(f"{self.folder} holds a token stream, not source/target pairs; prepare pairs with "
+                            "`lmforge prepare --source src.txt --target tgt.txt` for seq2seq")
+        return PairSet(self.folder, split, self.dtype)
+
+    def split_size(self, split: str) -> int:
+        info = self.manifest["splits"][split]
+        return info.get("tokens", info.get("pairs", 0))
+
+
+def mask_tokens(ids: torch.Tensor, *, vocab_size: int, mask_id: int, special_ids: set[int], probability: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `probability` of the non-special tokens; of those 80% become [MASK], 10% a random
+    token, 10% stay. Returns (inputs, labels) with labels -100 where nothing is predicted."""
+    labels = ids.clone()
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    for s in special_ids:
+        special |= ids == s
+    chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
+    labels[~chosen] = -100
+    inputs = ids.clone()
+    replace = chosen & (torch.rand(ids.shape, generator=generator) < 0.8)
+    inputs[replace] = mask_id
+    randomize = chosen & ~replace & (torch.rand(ids.shape, generator=generator) < 0.5)
+    inputs[randomize] = torch.randint(vocab_size, ids.shape, generator=generator)[randomize]
+    return inputs, labels

@@ -1,0 +1,225 @@
+"""Training objectives: what a batch is and what its loss is. The Trainer knows nothing else about a task.
+
+An objective gives
+- `batch(first, size)`: the training batch of samples first .. first + size - 1 (a pure function of them),
+- `eval_batches(size, limit)`: fixed evaluation batches,
+- `loss(model, batch)`: the *summed* loss and the number of targets, so the loop can normalise over all
+  micro-batches of a step (and all processes) exactly,
+- `tokens(batch)`: input tokens, for throughput.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.batches import PairSet, TokenWindows, mask_tokens
+from ..errors import DataError
+from ..model import Transformer, cross_entropy
+from ..tokenizer import Tokenizer
+
+Batch = dict[str, torch.Tensor]
+
+
+def _pad(rows: list[np.ndarray | list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
+    return out
+
+
+class Objective:
+    name = "objective"
+    metric = "loss"  # what eval reports besides loss
+
+    def batch(self, first: int, size: int) -> Batch:
+        raise NotImplementedError
+
+    def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def count(self, batch: Batch) -> torch.Tensor:
+        return (batch["labels"] != -100).sum()
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["input_ids"].numel())
+
+    def samples_per_epoch(self) -> int:
+        raise NotImplementedError
+
+
+class CausalLM(Objective):
+    """Next-token prediction on windows of a packed token stream."""
+
+    name = "clm"
+
+    def __init__(self, train: np.ndarray, val: np.ndarray | None, context: int, seed: int) -> None:
+        self.train = TokenWindows(train, context, seed, "train")
+        self.val = TokenWindows(val, context, seed, "val") if val is not None and len(val) > 1 else None
+
+    def samples_per_epoch(self) -> int:
+        return self.train.per_epoch
+
+    def batch(self, first: int, size: int) -> Batch:
+        w = self.train.windows(first, size)  # (B, T + 1)
+        return {"input_ids": w[:, :-1], "labels": w[:, 1:]}
+
+    def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
+        if self.val is None:
+            return
+        chunks = self.val.sequential()
+        for n, i in enumerate(range(0, len(chunks), size)):
+            if limit and n >= limit:
+                return
+            rows = chunks[i: i + size]
+            yield {"input_ids": _pad([r[:-1] for r in rows], 0), "labels": _pad([r[1:] for r in rows], -100)}
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch["input_ids"])
+        return cross_entropy(logits, batch["labels"]), self.count(batch)
+
+
+class MaskedLM(Objective):
+    """BERT's masked LM (15%, 80/10/10) with optional next-sentence prediction, on windows of a token stream."""
+
+    name = "mlm"
+
+    def __init__(self, train: np.ndarray, val: np.ndarray | None, context: int, seed: int, tokenizer: Tokenizer,
+                 probability: float = 0.15, nsp: bool = False) -> None:
+        if tokenizer.mask_id is None:
+            raise DataError("masked LM needs a tokenizer with a mask token; train it with "
+                            "`lmforge tokenizer train ... --arch encoder`")
+        self.cls = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
+        self.sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+        if self.cls is None or self.sep is None:
+            raise DataError("masked LM needs [CLS]/[SEP] (or BOS/EOS) tokens; train the tokenizer with --arch encoder")
+        self.nsp = nsp
+        self.inner = context - (3 if nsp else 2)
+        self.train = TokenWindows(train, self.inner, seed, "train")
+        self.val = TokenWindows(val, self.inner, seed + 1, "val") if val is not None and len(val) > self.inner else None
+        self.seed, self.probability = seed, probability
+        self.vocab_size, self.mask_id = tokenizer.vocab_size, tokenizer.mask_id
+        self.special = tokenizer.special_ids
+
+    def samples_per_epoch(self) -> int:
+        return self.train.per_epoch
+
+    def _build(self, windows: torch.Tensor, first: int, source: TokenWindows) -> Batch:
+        B = windows.shape[0]
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + first)
+        cls = torch.full((B, 1), self.cls, dtype=torch.long)
+        sep = torch.full((B, 1), self.sep, dtype=torch.long)
+        batch: Batch = {}
+        if self.nsp:
+            split = torch.randint(1, self.inner, (B,), generator=gen)
+            is_next = torch.rand(B, generator=gen) < 0.5
+            rows, types = [], []
+            for b in range(B):
+                a, rest = windows[b, : split[b]], windows[b, split[b]:]
+                if not is_next[b]:  # B from a random place in the stream
+                    start = int(torch.randint(0, len(source.tokens) - len(rest), (1,), generator=gen))
+                    rest = torch.from_numpy(np.asarray(source.tokens[start: start + len(rest)], dtype=np.int64))
+                rows.append(torch.cat([cls[b], a, sep[b], rest, sep[b]]))
+                types.append(torch.cat([torch.zeros(len(a) + 2, dtype=torch.long), torch.ones(len(rest) + 1, dtype=torch.long)]))
+            ids, batch["token_type_ids"] = torch.stack(rows), torch.stack(types)
+            batch["nsp_labels"] = (~is_next).long()  # 0 = B follows A, as BERT
+        else:
+            ids = torch.cat([cls, windows, sep], dim=1)
+        inputs, labels = mask_tokens(ids, vocab_size=self.vocab_size, mask_id=self.mask_id, special_ids=self.special,
+                                     probability=self.probability, generator=gen)
+        batch.update(input_ids=inputs, labels=labels)
+        return batch
+
+    def batch(self, first: int, size: int) -> Batch:
+        return self._build(self.train.windows(first, size, extra=0), first, self.train)
+
+    def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
+        if self.val is None:
+            return
+        chunks = [c for c in self.val.sequential(extra=0) if len(c) == self.inner]
+        for n, i in enumerate(range(0, len(chunks), size)):
+            if limit and n >= limit:
+                return
+            yield self._build(torch.from_numpy(np.stack(chunks[i: i + size])), 10**9 + i, self.val)
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = model.encode(batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        labels = batch["labels"]
+        chosen = labels != -100
+        logits = model.head_logits(hidden[chosen])  # the vocabulary projection only where it is needed
+        loss = cross_entropy(logits, labels[chosen])
+        count = chosen.sum()
+        if self.nsp:
+            nsp = F.cross_entropy(model.nsp_logits(hidden).float(), batch["nsp_labels"], reduction="sum")
+            # weighted so that, after dividing by the target count, it is the mean NSP loss per sequence
+            loss = loss + nsp * count / labels.shape[0]
+        return loss, count
+
+
+class Seq2Seq(Objective):
+    """Target given source (teacher forcing): source + EOS -> BOS + target, predicting target + EOS."""
+
+    name = "seq2seq"
+
+    def __init__(self, train: PairSet, val: PairSet | None, context: int, seed: int, tokenizer: Tokenizer,
+                 label_smoothing: float = 0.0) -> None:
+        self.train, self.val, self.context, self.seed = train, val, context, seed
+        self.bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.cls_id
+        self.eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+        self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        if self.bos is None or self.eos is None:
+            raise DataError("seq2seq needs BOS and EOS tokens; train the tokenizer with --arch encoder_decoder")
+        if len(train) == 0:
+            raise DataError("the train split holds no pairs")
+        self.label_smoothing = label_smoothing
+        self._orders: dict[int, np.ndarray] = {}
+
+    def samples_per_epoch(self) -> int:
+        return len(self.train)
+
+    def _collate(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
+        n = self.context - 1
+        src = [list(s[:n]) + [self.eos] for s, _ in pairs]
+        tgt_in = [[self.bos] + list(t[:n]) for _, t in pairs]
+        labels = [list(t[:n]) + [self.eos] for _, t in pairs]
+        input_ids = _pad(src, self.pad)
+        return {"input_ids": input_ids, "attention_mask": (_pad([[1] * len(s) for s in src], 0)),
+                "decoder_input_ids": _pad(tgt_in, self.pad),
+                "decoder_attention_mask": _pad([[1] * len(t) for t in tgt_in], 0),
+                "labels": _pad(labels, -100)}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: self.train.order(self.seed, epoch)}
+        return self._orders[epoch]
+
+    def batch(self, first: int, size: int) -> Batch:
+        pairs = []
+        for i in range(first, first + size):
+            epoch, k = divmod(i, len(self.train))
+            pairs.append(self.train.pair(int(self._order(epoch)[k])))
+        return self._collate(pairs)
+
+    def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
+        if self.val is None or len(self.val) == 0:
+            return
+        for n, i in enumerate(range(0, len(self.val), size)):
+            if limit and n >= limit:
+                return
+            yield self._collate([self.val.pair(j) for j in range(i, min(i + size, len(self.val)))])
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids=batch["decoder_input_ids"],
+                       decoder_attention_mask=batch["decoder_attention_mask"])
+        smoothing = self.label_smoothing if model.training else 0.0
+        return cross_entropy(logits, batch["labels"], label_smoothing=smoothing), self.count(batch)
+
+    def tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())

@@ -1,0 +1,447 @@
+"""The one training loop, for every objective (pretraining and fine-tuning).
+
+It takes a model, an objective (batches + loss) and `TrainConfig`; it knows nothing about the task. Switches,
+not forks: autocast (bf16 on CUDA), `torch.compile`, gradient accumulation with exact loss normalisation,
+clipping, warm-up + cosine schedule, periodic evaluation, early stopping, best/last checkpoints, and
+multi-process data parallelism under `torchrun` (rank-aware logging, checkpointing and data sharding).
+
+Exact resume: the `last/` checkpoint holds the weights, the optimizer state (safetensors), the RNG states and
+the step (JSON). Batches are pure functions of the step (see `data.batches`) and the schedule is a pure
+function of the step, so a run killed at any moment and resumed logs the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io as lio
+from ..checkpoint import parse_dtype, resolve_device, write_checkpoint
+from ..errors import CheckpointError, LmforgeError
+from ..model import Transformer
+from .logs import MetricsLogger, plot_losses
+from .objectives import Objective
+from .options import TrainConfig
+
+STATE_DIR = "state"
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    best_val: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+
+# ---- distributed ---------------------------------------------------------------------------------------
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(value)
+        return value
+
+
+# ---- optimizer and schedule ----------------------------------------------------------------------------
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on norms, biases, or position/segment embeddings."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.dim() < 2 or "pos_embed" in name or "type_embed" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    groups = param_groups(model, config.weight_decay)
+    kwargs: dict[str, Any] = dict(lr=config.lr, betas=(config.beta1, config.beta2))
+    try:  # the fused kernel where this torch has one for the device (CUDA, and CPU since torch 2.4)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=device.type == "cuda", **kwargs)
+
+
+def lr_at(step: int, config: TrainConfig, max_steps: int) -> float:
+    """Linear warm-up to lr, then cosine (or linear) decay to min_lr at max_steps; a pure function of step."""
+    min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / (config.warmup_steps + 1)
+    if config.schedule == "constant" or step >= max_steps:
+        return config.lr if config.schedule == "constant" else min_lr
+    progress = (step - config.warmup_steps) / max(1, max_steps - config.warmup_steps)
+    if config.schedule == "linear":
+        return config.lr - (config.lr - min_lr) * progress
+    return min_lr + 0.5 * (config.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# ---- optimizer / RNG state as safetensors + JSON ---------------------------------------------------------
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entries in sd["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return tensors, {"python": [py[0], list(py[1]), py[2]],
+                     "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+
+class Trainer:
+    """Train `model` on `objective`, writing checkpoints, logs and plots under `out`."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        objective: Objective,
+        config: TrainConfig,
+        out: str | os.PathLike,
+        tokenizer=None,
+        resume: bool = False,
+        on_eval: Callable[["Trainer", dict], dict] | None = None,
+        higher_is_better: bool = False,
+    ) -> None:
+        self.config, self.objective, self.out = config, objective, Path(out)
+        self.tokenizer = tokenizer
+        self.on_eval = on_eval  # extra evaluation (fine-tuning metrics); returns {"metric": name, "value": x}
+        self.higher_is_better = higher_is_better
+        self.dist = Dist.from_env()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device if self.dist.world == 1 or config.device != "auto" else
+                                     (f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"))
+        if self.dist.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        self.amp_dtype = self._amp_dtype(config.dtype)
+        self.model = model.to(self.device)
+        self.state = TrainState()
+        self.max_steps = self._max_steps()
+        if resume:
+            self._load_weights_for_resume()
+        self.optimizer = build_optimizer(self.model, config, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if resume:
+            self._load_state()
+        self.train_model: nn.Module = self.model
+        if config.compile:
+            for stack in (self.model.encoder, self.model.decoder):
+                if stack is not None:
+                    for block in stack.layers:
+                        block.compile()
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                                       if self.device.type == "cuda" else None)
+
+    # ---- setup helpers ---------------------------------------------------------------------------------
+    def _amp_dtype(self, name: str) -> torch.dtype | None:
+        if name == "auto":
+            if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+                return torch.bfloat16
+            return None
+        dtype = parse_dtype(name)
+        return None if dtype == torch.float32 else dtype
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _max_steps(self) -> int:
+        c = self.config
+        if c.max_steps:
+            return c.max_steps
+        if c.epochs:
+            per_step = c.batch_size * c.grad_accum * self.dist.world
+            return max(1, math.ceil(c.epochs * self.objective.samples_per_epoch() / per_step))
+        return 1000
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.config.batch_size * self.config.grad_accum * self.dist.world
+
+    def first_sample(self, step: int, micro: int) -> int:
+        """Index of the first sample of this process's micro-batch (global batches are contiguous)."""
+        c = self.config
+        return ((step * c.grad_accum + micro) * self.dist.world + self.dist.rank) * c.batch_size
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def save_last(self) -> None:
+        if self.dist.main:
+            opt_tensors, opt_meta = optimizer_state(self.optimizer)
+            rng_tensors, rng_meta = rng_state()
+            with lio.atomic_dir(self.out / "last") as tmp:
+                write_checkpoint(tmp, self.model, self.tokenizer)
+                (tmp / STATE_DIR).mkdir()
+                lio.save_safetensors(opt_tensors, tmp / STATE_DIR / "optimizer.safetensors")
+                lio.save_safetensors(rng_tensors, tmp / STATE_DIR / "rng.safetensors")
+                lio.write_json(tmp / STATE_DIR / "trainer_state.json", {
+                    "state": asdict(self.state), "optimizer": opt_meta, "rng": rng_meta,
+                    "max_steps": self.max_steps, "samples_seen": self.state.step * self.samples_per_step,
+                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                })
+        self.dist.barrier()
+
+    def save_best(self) -> None:
+        if self.dist.main:
+            with lio.atomic_dir(self.out / "best") as tmp:
+                write_checkpoint(tmp, self.model, self.tokenizer)
+        self.dist.barrier()
+
+    def _last_dir(self) -> Path:
+        last = lio.recover_dir(self.out / "last")
+        if not (last / STATE_DIR / "trainer_state.json").exists():
+            raise CheckpointError(f"{self.out} has no resumable checkpoint (last/state/ is missing); "
+                                  "start a new run instead of --resume")
+        return last
+
+    def _load_weights_for_resume(self) -> None:
+        from safetensors.torch import load_file
+
+        last = self._last_dir()
+        weights = load_file(str(last / "model.safetensors"), device=str(self.device))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if k not in self.model.tied_keys()]
+        if missing or unexpected:
+            raise CheckpointError(f"{last} does not fit this model (missing {missing[:3]}, unexpected "
+                                  f"{unexpected[:3]}); was the run's config changed?")
+
+    def _load_state(self) -> None:
+        from safetensors.torch import load_file
+
+        last = self._last_dir()
+        meta = lio.read_json(last / STATE_DIR / "trainer_state.json")
+        self.state = TrainState(**meta["state"])
+        load_optimizer_state(self.optimizer, load_file(str(last / STATE_DIR / "optimizer.safetensors"),
+                                                       device=str(self.device)), meta["optimizer"])
+        set_rng_state(load_file(str(last / STATE_DIR / "rng.safetensors")), meta["rng"])
+        if self.scaler and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+
+    # ---- evaluation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        limit = self.config.eval_batches or None
+        for batch in self.objective.eval_batches(self.config.batch_size, limit):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with self.autocast():
+                loss, n = self.objective.loss(self.model, batch)
+            total += loss.double()
+            count += n
+        self.model.train()
+        if count.item() == 0:
+            return None
+        val = (total / count).item()
+        return {"loss": val, "ppl": math.exp(min(val, 50.0))}
+
+    def _after_eval(self, result: dict[str, Any] | None, logger: MetricsLogger | None) -> bool:
+        """Log, keep the best checkpoint, and decide early stopping. Returns True to stop."""
+        if result is None:
+            return False
+        extra = self.on_eval(self, result) if self.on_eval else {}
+        result = {**result, **extra}
+        if logger:
+            logger.log({"step": self.state.step, "split": "val", **result})
+        score = result.get("value", result["loss"])
+        higher = self.higher_is_better and "value" in result
+        best = self.state.best_val
+        if best is None or (score > best if higher else score < best):
+            self.state.best_val, self.state.best_step, self.state.bad_evals = score, self.state.step, 0
+            self.save_best()
+        else:
+            self.state.bad_evals += 1
+        self.last_eval = result
+        patience = self.config.patience
+        if patience and self.state.bad_evals >= patience:
+            self.state.stopped_early = True
+            return True
+        return False
+
+    # ---- training --------------------------------------------------------------------------------------
+    def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        c = self.config
+        lr = lr_at(step, c, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batches = [self.objective.batch(self.first_sample(step, m), c.batch_size) for m in range(c.grad_accum)]
+        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+        count = self.dist.all_sum(sum(self.objective.count(b) for b in batches).to(self.device).float())
+        tokens = sum(self.objective.tokens(b) for b in batches) * self.dist.world
+        loss_sum = torch.zeros((), device=self.device)
+        for m, batch in enumerate(batches):
+            sync = m == len(batches) - 1 or self.dist.world == 1
+            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
+            with ctx, self.autocast():
+                loss, _ = self.objective.loss(self.train_model, batch)
+                scaled = loss / count * self.dist.world  # DDP averages gradients over processes
+            if self.scaler:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            loss_sum += loss.detach().float()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip) if c.grad_clip > 0
+                     else torch.zeros(()))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean_loss = self.dist.all_sum(loss_sum) / count
+        return mean_loss, grad_norm, tokens
+
+    def fit(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c, st = self.config, self.state
+        resumed = st.step > 0
+        logger = MetricsLogger(self.out, resume_step=st.step if resumed else None) if self.dist.main else None
+        self.model.train()
+        bar = tqdm(total=self.max_steps, initial=st.step, desc="training", unit="step", dynamic_ncols=True,
+                   disable=not (c.progress and self.dist.main), smoothing=0.1)
+        started = time.time() - st.elapsed
+        window_start, window_tokens = time.time(), 0
+        evaluated_at = -1
+        self.last_eval: dict[str, Any] | None = None
+        try:
+            while st.step < self.max_steps:
+                loss, grad_norm, tokens = self._step(st.step)
+                st.step += 1
+                st.tokens += tokens
+                window_tokens += tokens
+                st.elapsed = time.time() - started
+                if st.step % c.log_every == 0 or st.step == 1 or st.step == self.max_steps:
+                    now = time.time()
+                    rate = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise LmforgeError(f"the loss became {value} at step {st.step}; lower --lr (now {c.lr}) "
+                                           "or raise --warmup-steps, and resume from the last checkpoint")
+                    row = {"step": st.step, "split": "train", "loss": value,
+                           "lr": float(f"{lr_at(st.step - 1, c, self.max_steps):.6g}"),
+                           "grad_norm": round(float(grad_norm), 6), "tokens": st.tokens, "tok_per_s": round(rate, 1),
+                           "elapsed": round(st.elapsed, 2)}
+                    if logger:
+                        logger.log(row)
+                    bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}", lr=f"{row['lr']:.2e}", refresh=False)
+                bar.update(1)
+                stop = False
+                if c.eval_every and st.step % c.eval_every == 0:
+                    stop = self._after_eval(self.evaluate(), logger)
+                    evaluated_at = st.step
+                timed_out = c.max_time is not None and st.elapsed >= c.max_time
+                if stop or timed_out or (c.save_every and st.step % c.save_every == 0) or evaluated_at == st.step:
+                    self.save_last()
+                if stop or timed_out:
+                    break
+            if evaluated_at != st.step:
+                self._after_eval(self.evaluate(), logger)
+                self.save_last()
+        finally:
+            bar.close()
+            if logger:
+                logger.close()
+        summary = self.summary()
+        if self.dist.main:
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png", title=self.out.name)
+            lio.write_json(self.out / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        st = self.state
+        last = self.last_eval or {}
+        return {"steps": st.step, "max_steps": self.max_steps, "tokens": st.tokens, "seconds": round(st.elapsed, 1),
+                "tok_per_s": round(st.tokens / max(st.elapsed, 1e-9), 1), "val_loss": last.get("loss"),
+                "val_ppl": last.get("ppl"), "best_val": st.best_val,
+                "best_step": st.best_step, "stopped_early": st.stopped_early,
+                **({k: v for k, v in last.items() if k not in ("loss", "ppl")}),
+                "out": str(self.out)}
+
+
+def summary_json(summary: dict) -> str:
+    return json.dumps(summary, indent=2)
