@@ -80,7 +80,7 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: 
         item = (get_args(tp) or (str,))[0]
         kwargs["type"] = item if item in (int, float, str) else str
         if positional:
-            kwargs["nargs"] = "+"
+            kwargs["nargs"] = "+" if default is inspect.Parameter.empty else "*"
         else:
             kwargs["action"] = "append"
     elif tp is bool:
@@ -91,6 +91,9 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: 
         kwargs["type"] = str
     if positional:
         kwargs["metavar"] = name.upper().rstrip("_")
+        if default is not inspect.Parameter.empty:
+            kwargs["default"] = default
+            kwargs.setdefault("nargs", "?")
         parser.add_argument(name, **kwargs)
         return
     if default is not inspect.Parameter.empty:
@@ -126,7 +129,7 @@ def build_parser(command: str, func: Callable) -> tuple[argparse.ArgumentParser,
                 _add_argument(group, f"{name}__{field.name}", field_hints[field.name], default,
                               _field_help(field), positional=False, option=_option_name(field.name))
             continue
-        positional = param.default is inspect.Parameter.empty and param.kind != param.KEYWORD_ONLY
+        positional = param.kind != param.KEYWORD_ONLY
         _add_argument(parser, name, hints.get(name, str), param.default, helps.get(name, ""), positional)
     return parser, dataclass_params
 
