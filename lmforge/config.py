@@ -64,6 +64,7 @@ class ModelConfig:
     type_vocab_size: int = 0  # segment (token type) embeddings, BERT uses 2
     mlm_transform: bool = False  # BERT's dense + activation + norm before the MLM decoder
     nsp_head: bool = False  # BERT's pooler and next-sentence-prediction classifier
+    pooler: bool = False  # BERT's dense+tanh pooler on the first token without NSP (BertModel); nsp_head has one
     init_std: float = 0.02
     # task heads (fine-tuning); "lm" is the language-model head of the architecture
     head: Head = "lm"
@@ -118,6 +119,8 @@ class ModelConfig:
             raise ConfigError(f"labels has {len(self.labels)} names but num_labels={self.num_labels}")
         if self.nsp_head and self.arch != "encoder":
             raise ConfigError("nsp_head (next-sentence prediction) is only for arch=encoder")
+        if self.pooler and self.arch != "encoder":
+            raise ConfigError("pooler (BERT's first-token pooler) is only for arch=encoder")
         if self.type_vocab_size < 0 or self.pos_offset < 0:
             raise ConfigError("type_vocab_size and pos_offset must be >= 0")
 

@@ -132,12 +132,24 @@ class Tokenizer:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         template = self.chat_template or DEFAULT_CHAT_TEMPLATE
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # the environment Hugging Face templates are written for: loop controls, a tojson that keeps non-ASCII
+        # and does not HTML-escape, strftime_now and raise_exception
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
 
         def raise_exception(message: str):
             raise LmforgeError(f"chat template: {message}")
 
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        def strftime_now(fmt: str) -> str:
+            import datetime
+
+            return datetime.datetime.now().strftime(fmt)
+
         env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = strftime_now
+        env.filters["tojson"] = tojson
         tokens = {f"{r}_token": t for r, t in self.special.items() if t is not None}
         return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                 **tokens, **kwargs)
@@ -167,8 +179,12 @@ class Tokenizer:
             tok = HFTokenizer.from_file(str(file))
         except Exception as e:  # the Rust error names what is wrong in the file
             raise LmforgeError(f"{file} is not a valid tokenizer.json: {e}") from None
+        # as transformers: padding and truncation stored in tokenizer.json apply only when a call asks for them
+        tok.no_padding()
+        tok.no_truncation()
         config_file = file.parent / "tokenizer_config.json"
         config = lio.read_json(config_file) if config_file.exists() else {}
+        _apply_hf_config(tok, config, file.parent)
         special = {}
         for role in ROLES:
             value = config.get(f"{role}_token")
@@ -179,6 +195,8 @@ class Tokenizer:
         if not config:
             special = _guess_special(tok)
         template = config.get("chat_template")
+        if template is None and (file.parent / "chat_template.jinja").exists():  # transformers >= 4.43 saves it apart
+            template = (file.parent / "chat_template.jinja").read_text(encoding="utf-8")
         if isinstance(template, list):  # several named templates: take "default"
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default") or next(iter(named.values()), None)
@@ -195,6 +213,40 @@ class Tokenizer:
     @property
     def kind(self) -> str:
         return self.extra.get("lmforge_kind") or json.loads(self._tok.to_str())["model"]["type"].lower()
+
+
+def _apply_hf_config(tok: HFTokenizer, config: dict[str, Any], folder: Path) -> None:
+    """What transformers does with a Hugging Face tokenizer_config.json on top of tokenizer.json: special-token
+    roles from special_tokens_map.json where the config lacks them, added tokens the vocabulary lacks, and a
+    BOS/EOS post-processor when `add_bos_token` / `add_eos_token` are set explicitly."""
+    from tokenizers import AddedToken
+
+    map_file = folder / "special_tokens_map.json"
+    if map_file.exists():
+        for key, value in lio.read_json(map_file).items():
+            if key.endswith("_token") and key[:-6] in ROLES:
+                config.setdefault(key, value)
+    added = config.get("added_tokens_decoder") or {}
+    for _, entry in sorted(added.items(), key=lambda kv: int(kv[0])):
+        if isinstance(entry, dict) and entry.get("content") and tok.token_to_id(entry["content"]) is None:
+            token = AddedToken(entry["content"], single_word=entry.get("single_word", False),
+                               lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
+                               normalized=entry.get("normalized", not entry.get("special", False)),
+                               special=entry.get("special", False))
+            (tok.add_special_tokens if entry.get("special") else tok.add_tokens)([token])
+    if "add_bos_token" in config or "add_eos_token" in config:
+        names = {}
+        for role in ("bos", "eos"):
+            value = config.get(f"{role}_token")
+            value = value.get("content") if isinstance(value, dict) else value
+            if config.get(f"add_{role}_token") and value is not None and tok.token_to_id(value) is not None:
+                names[role] = value
+        single = " ".join(([f"{names['bos']}:0"] if "bos" in names else []) + ["$A:0"]
+                          + ([f"{names['eos']}:0"] if "eos" in names else []))
+        pair = single + " " + " ".join(([f"{names['bos']}:1"] if "bos" in names else []) + ["$B:1"]
+                                       + ([f"{names['eos']}:1"] if "eos" in names else []))
+        tok.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t in names.values()])
 
 
 def _guess_special(tok: HFTokenizer) -> dict[str, str]:

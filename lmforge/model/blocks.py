@@ -66,42 +66,47 @@ def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
 def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
     """Inverse frequencies and the attention scaling factor for rotary embeddings, with `rope_scaling`.
 
-    Supports transformers' rope types for Llama: default, linear, dynamic (applied at build time to the
-    configured context), llama3 and yarn.
+    Supports transformers' rope types for Llama: default, linear, dynamic, llama3 and yarn, computed in float32
+    in the same order of operations as transformers' `ROPE_INIT_FUNCTIONS`, so converted checkpoints get the
+    same frequencies bit for bit. "dynamic" rescales only past `context_length` (= max_position_embeddings),
+    which lmforge never runs past, so within the context it equals the default frequencies, as in transformers.
     """
     dim = config.rot_dim
-    base = config.rope_theta
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    base = float(config.rope_theta)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (base ** exponents)
     scaling = dict(config.rope_scaling or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    factor = float(scaling.get("factor", 1.0))
+    factor = scaling.get("factor")
+    factor = 1.0 if factor is None else float(factor)
     attention_factor = 1.0
     if kind == "default":
         pass
     elif kind == "linear":
         inv_freq = inv_freq / factor
     elif kind == "dynamic":
-        original = int(scaling.get("original_max_position_embeddings", config.context_length))
-        seq_len = max(config.context_length, original)
-        base = base * ((factor * seq_len / original) - (factor - 1)) ** (dim / (dim - 2))
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        seq_len = config.context_length  # transformers grows this only for sequences past max_position_embeddings
+        base = base * ((factor * seq_len / config.context_length) - (factor - 1)) ** (dim / (dim - 2))
+        inv_freq = 1.0 / (base ** exponents)
     elif kind == "llama3":
         low = float(scaling.get("low_freq_factor", 1.0))
         high = float(scaling.get("high_freq_factor", 4.0))
-        original = float(scaling.get("original_max_position_embeddings", 8192))
+        original = float(scaling.get("original_max_position_embeddings", config.context_length))
         low_wavelen, high_wavelen = original / low, original / high
         wavelen = 2 * math.pi / inv_freq
         scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
         smooth = (original / wavelen - low) / (high - low)
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
         inv_freq = torch.where(medium, smoothed, scaled)
     elif kind == "yarn":
         original = float(scaling.get("original_max_position_embeddings", config.context_length))
-        beta_fast = float(scaling.get("beta_fast", 32.0))
-        beta_slow = float(scaling.get("beta_slow", 1.0))
-        mscale = float(scaling.get("mscale", 1.0))
-        mscale_all = float(scaling.get("mscale_all_dim", 0.0))
+        if scaling.get("factor") is None:
+            factor = config.context_length / original
+        beta_fast = float(scaling.get("beta_fast") or 32.0)
+        beta_slow = float(scaling.get("beta_slow") or 1.0)
+        mscale = scaling.get("mscale")
+        mscale_all = scaling.get("mscale_all_dim")
 
         def get_mscale(scale: float, m: float = 1.0) -> float:
             return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
@@ -109,18 +114,21 @@ def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
         attention_factor = scaling.get("attention_factor")
         if attention_factor is None:
             attention_factor = (get_mscale(factor, mscale) / get_mscale(factor, mscale_all)
-                                if mscale_all else get_mscale(factor))
+                                if mscale and mscale_all else get_mscale(factor))
 
         def correction_dim(rotations: float) -> float:
             return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
 
-        low = max(math.floor(correction_dim(beta_fast)), 0)
-        high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
         if low == high:
             high += 0.001
-        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
         extrapolation = 1 - ramp
-        inv_freq = (inv_freq / factor) * (1 - extrapolation) + inv_freq * extrapolation
+        pos_freqs = base ** exponents
+        inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
     else:
         from ..errors import ConfigError
 

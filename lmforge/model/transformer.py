@@ -135,8 +135,9 @@ class Transformer(nn.Module):
                 self.mlm_dense = nn.Linear(d, d)
                 self.mlm_norm = make_norm(config)
             self.lm_head = nn.Linear(d, config.vocab_size, bias=config.resolved("lm_head_bias"))
-            if config.nsp_head:
+            if config.nsp_head or config.pooler:
                 self.pooler = nn.Linear(d, d)
+            if config.nsp_head:
                 self.nsp = nn.Linear(d, 2)
         else:
             self.head_dropout = nn.Dropout(config.dropout)
