@@ -193,9 +193,20 @@ def load(
 
     Returns the `Transformer` in eval mode with `.config` and `.tokenizer`.
     """
+    from .convert.hub import looks_like_hub_id
+
+    if looks_like_hub_id(path):  # "org/name" that is not a local path: the Hugging Face hub
+        from .convert import from_hf
+
+        return from_hf(str(path), device=device, dtype=dtype)
     folder = resolve_checkpoint(path)
     if not is_lmforge_checkpoint(folder):
-        raise CheckpointError(f"{folder / CONFIG} is not an lmforge config (no 'lmforge_config' key)")
+        from .convert import from_hf, is_hf_folder
+
+        if is_hf_folder(folder):  # config.json with model_type: a Hugging Face model folder
+            return from_hf(folder, device=device, dtype=dtype)
+        raise CheckpointError(f"{folder / CONFIG} is neither an lmforge config (no 'lmforge_config' key) nor a "
+                              "Hugging Face one (no 'model_type')")
     config = read_config(folder)
     target = resolve_device(device)
     model = build_empty(config)

@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("lmforge.generate:sample_cli", "sample a continuation from a checkpoint"),
     "eval perplexity": ("lmforge.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
     "info": ("lmforge.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
+    "convert from-hf": ("lmforge.convert.api:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
+                        "lmforge checkpoint"),
+    "convert to-hf": ("lmforge.convert.api:to_hf_cli", "export an lmforge checkpoint as a Hugging Face folder"),
 }
 
 

@@ -1,0 +1,324 @@
+"""Reading and writing Hugging Face weight files without a second copy.
+
+Reading: `WeightFiles` opens `model.safetensors`, the shards named by `model.safetensors.index.json`, or (only
+through `torch.load(weights_only=True)`) `pytorch_model.bin` and its shards. Safetensors files are parsed here
+(an 8-byte header length, a JSON header, then raw little-endian data) and memory-mapped copy-on-write, so every
+tensor is a view of the file: nothing is read until used, and a tensor that needs no change (the common case)
+becomes a model parameter without being copied. A tensor that must change (a transpose, a split, another
+dtype or device) is copied once and its pages in the mapping are released right away (`MADV_DONTNEED`), so at
+no moment are there two resident copies of more than one tensor.
+
+Writing: `stream_safetensors` writes a file one tensor at a time (the header first, from the planned names,
+dtypes and shapes), so exporting never holds a second copy of the model; `write_safetensors_shards` splits the
+tensors into shards plus `model.safetensors.index.json` when they exceed `max_shard_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .. import io as lio
+from ..errors import CheckpointError
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+ST_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        ST_DTYPES[_name] = getattr(torch, _attr)
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+PAGE = mmap.PAGESIZE
+
+
+@dataclass
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+
+
+class SafetensorsFile:
+    """One .safetensors file: the header parsed, the data mapped copy-on-write (private, writable)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise ValueError("shorter than the 8-byte header length")
+                (n,) = struct.unpack("<Q", head)
+                if n > size - 8 or n > 100_000_000:
+                    raise ValueError(f"header length {n} does not fit in a file of {size} bytes")
+                header = json.loads(f.read(n))
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 0 else None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.start = 8 + n
+        self.entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
+        for name, entry in header.items():
+            try:
+                dtype = ST_DTYPES[entry["dtype"]]
+                shape = tuple(int(d) for d in entry["shape"])
+                begin, end = (int(x) for x in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {name} has an unreadable header entry {entry!r} "
+                                      f"(dtypes lmforge reads: {', '.join(ST_DTYPES)})") from None
+            numel = 1
+            for d in shape:
+                numel *= d
+            nbytes = numel * torch.empty((), dtype=dtype).element_size()
+            if end - begin != nbytes or self.start + end > size:
+                raise CheckpointError(f"{path}: tensor {name} (shape {list(shape)}, {entry['dtype']}) needs {nbytes} "
+                                      f"bytes at [{begin}, {end}) but the file has {size - self.start} bytes of data; "
+                                      "the file is truncated or corrupt")
+            self.entries[name] = (dtype, shape, self.start + begin, nbytes)
+
+    def get(self, name: str) -> torch.Tensor:
+        dtype, shape, offset, nbytes = self.entries[name]
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        flat = torch.frombuffer(self._map, dtype=dtype, count=nbytes // torch.empty((), dtype=dtype).element_size(),
+                                offset=offset)
+        return flat.view(shape)
+
+    def release(self, name: str) -> None:
+        """Drop this tensor's pages from memory (the file keeps them); only whole pages inside its range."""
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
+        _, _, offset, nbytes = self.entries[name]
+        first = -(-offset // PAGE) * PAGE
+        last = ((offset + nbytes) // PAGE) * PAGE
+        if last > first:
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+class WeightFiles:
+    """Name -> tensor over a Hugging Face folder's weight files (safetensors preferred, .bin only weights-only)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: list[Path] = []
+        self._where: dict[str, Any] = {}
+        self._bin: dict[str, torch.Tensor] = {}
+        self.source = ""
+        if (folder / SAFETENSORS).exists():
+            self._open_safetensors([folder / SAFETENSORS])
+        elif (folder / SAFETENSORS_INDEX).exists():
+            self._open_safetensors(self._shards(folder / SAFETENSORS_INDEX))
+        elif (folder / BIN).exists():
+            self._open_bin([folder / BIN])
+        elif (folder / BIN_INDEX).exists():
+            self._open_bin(self._shards(folder / BIN_INDEX))
+        else:
+            present = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth",
+                                                                              ".gguf", ".h5", ".msgpack", ".ckpt"))
+            found = f" (found {', '.join(present)})" if present else ""
+            raise CheckpointError(f"{folder} has no weights lmforge reads{found}; expected {SAFETENSORS}, "
+                                  f"{SAFETENSORS_INDEX} with its shards, or {BIN} (read weights-only)")
+
+    def _shards(self, index_file: Path) -> list[Path]:
+        try:
+            weight_map = lio.read_json(index_file)["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index_file} is not a shard index (needs a 'weight_map' object): {e}") from None
+        files = []
+        for name in dict.fromkeys(weight_map.values()):
+            if not (index_file.parent / name).exists():
+                raise CheckpointError(f"{index_file} names shard {name}, which is not in {index_file.parent}; "
+                                      "the download is incomplete")
+            files.append(index_file.parent / name)
+        self._index = weight_map
+        return files
+
+    def _open_safetensors(self, files: list[Path]) -> None:
+        self.source = files[0].name if len(files) == 1 else f"{len(files)} safetensors shards"
+        for path in files:
+            handle = SafetensorsFile(path)
+            self.files.append(path)
+            for name in handle.entries:
+                self._where[name] = handle
+
+    def _open_bin(self, files: list[Path]) -> None:
+        self.source = files[0].name if len(files) == 1 else f"{len(files)} .bin shards"
+        for path in files:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:  # not a zip archive (legacy format): mmap is impossible, still weights-only
+                if "mmap" not in str(e):
+                    raise CheckpointError(f"{path} cannot be read: {str(e).splitlines()[0]}") from None
+                state = self._load_weights_only(path, mmap=False)
+            except Exception as e:
+                raise _bin_refusal(path, e) from None
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CheckpointError(f"{path} holds {type(state).__name__}, not a name -> tensor dictionary; "
+                                      "lmforge reads only plain state dicts from .bin files")
+            self.files.append(path)
+            self._bin.update(state)
+            for name in state:
+                self._where[name] = None
+
+    @staticmethod
+    def _load_weights_only(path: Path, mmap: bool) -> Any:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as e:
+            raise _bin_refusal(path, e) from None
+
+    # ---- access ---------------------------------------------------------------------------------------
+    def keys(self) -> Iterable[str]:
+        return self._where.keys()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def info(self, name: str) -> TensorInfo:
+        handle = self._where[name]
+        if handle is None:
+            t = self._bin[name]
+            return TensorInfo(t.dtype, tuple(t.shape), self.files[0])
+        dtype, shape, _, _ = handle.entries[name]
+        return TensorInfo(dtype, shape, handle.path)
+
+    def get(self, name: str) -> torch.Tensor:
+        handle = self._where[name]
+        return self._bin[name] if handle is None else handle.get(name)
+
+    def release(self, name: str) -> None:
+        handle = self._where[name]
+        if handle is not None:
+            handle.release(name)
+
+    def file_of(self, name: str) -> str:
+        handle = self._where.get(name)
+        return str(handle.path) if handle is not None else str(self.files[0] if self.files else self.folder)
+
+    @property
+    def stored_dtype(self) -> torch.dtype | None:
+        """The dtype of most floating-point bytes in the files."""
+        counts: dict[torch.dtype, int] = {}
+        for name in self._where:
+            info = self.info(name)
+            if info.dtype.is_floating_point:
+                n = 1
+                for d in info.shape:
+                    n *= d
+                counts[info.dtype] = counts.get(info.dtype, 0) + n
+        return max(counts, key=counts.get) if counts else None
+
+
+def _bin_refusal(path: Path, error: Exception) -> CheckpointError:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"refusing to load {path}: it is not a plain weights file ({first[:200]}); lmforge reads .bin files only "
+        "with torch.load(weights_only=True) and never unpickles code. Use the model's safetensors files, or "
+        "convert it to safetensors with a tool you trust")
+
+
+# ---- writing ------------------------------------------------------------------------------------------
+
+def parse_size(size: int | str) -> int:
+    """'2GB', '500MB', '10GiB' or a number of bytes."""
+    if isinstance(size, int):
+        return size
+    text = str(size).strip().upper().replace(" ", "")
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for unit, mult in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * mult)
+            except ValueError:
+                break
+    if text.isdigit():
+        return int(text)
+    from ..errors import ConfigError
+
+    raise ConfigError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes")
+
+
+@dataclass
+class PlannedTensor:
+    """A tensor to write: its name, dtype and shape up front, its data produced only when written."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    produce: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def stream_safetensors(path: Path, tensors: list[PlannedTensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file one tensor at a time (atomically): the header from the plan, then each tensor's
+    bytes as it is produced, so memory holds one tensor, not the file."""
+    order = sorted(tensors, key=lambda t: -torch.empty((), dtype=t.dtype).element_size())  # keeps data aligned
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for t in order:
+        if t.dtype not in ST_NAMES:
+            raise CheckpointError(f"cannot write tensor {t.name}: dtype {t.dtype} has no safetensors name")
+        header[t.name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with lio.atomic_write(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in order:
+            tensor = t.produce().detach()
+            if tuple(tensor.shape) != tuple(t.shape) or tensor.dtype != t.dtype:
+                raise CheckpointError(f"internal: tensor {t.name} is {tuple(tensor.shape)} {tensor.dtype}, planned "
+                                      f"{t.shape} {t.dtype}")
+            if tensor.numel():
+                f.write(tensor.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def write_safetensors_shards(folder: Path, tensors: list[PlannedTensor], max_shard_bytes: int,
+                             metadata: dict[str, str] | None = None) -> list[str]:
+    """model.safetensors, or numbered shards + model.safetensors.index.json when the tensors exceed
+    max_shard_bytes (a tensor larger than that gets a shard of its own). Returns the file names written."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    if len(shards) == 1:
+        stream_safetensors(folder / SAFETENSORS, shards[0], metadata)
+        return [SAFETENSORS]
+    n = len(shards)
+    names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    weight_map: dict[str, str] = {}
+    for name, shard in zip(names, shards):
+        stream_safetensors(folder / name, shard, metadata)
+        weight_map.update({t.name: name for t in shard})
+    total = sum(t.nbytes for t in tensors)
+    lio.write_json(folder / SAFETENSORS_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return names + [SAFETENSORS_INDEX]
+
+
+__all__ = ["WeightFiles", "SafetensorsFile", "PlannedTensor", "stream_safetensors", "write_safetensors_shards",
+           "parse_size", "ST_NAMES"]
