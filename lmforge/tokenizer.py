@@ -217,8 +217,8 @@ class Tokenizer:
 
 def _apply_hf_config(tok: HFTokenizer, config: dict[str, Any], folder: Path) -> None:
     """What transformers does with a Hugging Face tokenizer_config.json on top of tokenizer.json: special-token
-    roles from special_tokens_map.json where the config lacks them, added tokens the vocabulary lacks, and a
-    BOS/EOS post-processor when `add_bos_token` / `add_eos_token` are set explicitly."""
+    roles from special_tokens_map.json where the config lacks them, and added tokens the vocabulary lacks.
+    (`add_bos_token` / `add_eos_token` are left to tokenizer.json's post-processor, as transformers 5 does.)"""
     from tokenizers import AddedToken
 
     map_file = folder / "special_tokens_map.json"
@@ -234,19 +234,6 @@ def _apply_hf_config(tok: HFTokenizer, config: dict[str, Any], folder: Path) -> 
                                normalized=entry.get("normalized", not entry.get("special", False)),
                                special=entry.get("special", False))
             (tok.add_special_tokens if entry.get("special") else tok.add_tokens)([token])
-    if "add_bos_token" in config or "add_eos_token" in config:
-        names = {}
-        for role in ("bos", "eos"):
-            value = config.get(f"{role}_token")
-            value = value.get("content") if isinstance(value, dict) else value
-            if config.get(f"add_{role}_token") and value is not None and tok.token_to_id(value) is not None:
-                names[role] = value
-        single = " ".join(([f"{names['bos']}:0"] if "bos" in names else []) + ["$A:0"]
-                          + ([f"{names['eos']}:0"] if "eos" in names else []))
-        pair = single + " " + " ".join(([f"{names['bos']}:1"] if "bos" in names else []) + ["$B:1"]
-                                       + ([f"{names['eos']}:1"] if "eos" in names else []))
-        tok.post_processor = processors.TemplateProcessing(
-            single=single, pair=pair, special_tokens=[(t, tok.token_to_id(t)) for t in names.values()])
 
 
 def _guess_special(tok: HFTokenizer) -> dict[str, str]:

@@ -234,9 +234,7 @@ def _export_family(config: ModelConfig, model_type: str | None) -> Family:
         return families["bert"]
     if config.arch == "encoder_decoder":
         return families["bart"]
-    if config.pos == "rope" or config.norm == "rmsnorm" or config.gated:
-        return families["llama"]
-    return families["gpt2"]
+    return families["llama"] if config.pos == "rope" else families["gpt2"]
 
 
 def export_plan(model: Transformer, family: Family, model_type: str, dtype: torch.dtype
@@ -408,7 +406,7 @@ def write_lmforge(model: Transformer, dst: Path) -> None:
 
 # ---- CLI ---------------------------------------------------------------------------------------------------
 
-def from_hf_cli(src: str, dst: str, dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+def from_hf_cli(src: str, dst: str, *, dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
                 tokenizer: bool = True, overwrite: bool = False, revision: str | None = None) -> Path:
     """Convert a Hugging Face model (folder or hub id org/name) into an lmforge checkpoint folder.
 
@@ -432,7 +430,7 @@ def from_hf_cli(src: str, dst: str, dtype: Literal["auto", "fp32", "bf16", "fp16
     return dst_path
 
 
-def to_hf_cli(src: str, dst: str, model_type: str | None = None,
+def to_hf_cli(src: str, dst: str, *, model_type: str | None = None,
               dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto", max_shard_size: str = "5GB",
               tokenizer: bool = True, overwrite: bool = False) -> Path:
     """Export an lmforge checkpoint as a Hugging Face folder that transformers' from_pretrained loads.
