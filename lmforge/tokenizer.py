@@ -345,7 +345,7 @@ def train_tokenizer(
         special += list(CHAT_TOKENS)
     special += [t for t in extra_special_tokens if t not in special]
     base = {"char": 256 if byte_fallback else 0, "wordpiece": 512}.get(kind, 256)
-    needed = len(special) + base + (1 if kind != "char" else 0)
+    needed = len(special) + base + 1  # room for at least one learned token
     if vocab_size is not None and vocab_size < needed:
         what = f"{base} byte tokens + " if base else ""
         raise ConfigError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs {what}"

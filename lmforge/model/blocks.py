@@ -53,10 +53,11 @@ def activation_fn(name: str):
 
 def sinusoidal_table(n_positions: int, dim: int) -> torch.Tensor:
     """Vaswani et al.'s encoding with sines in the first half of the channels and cosines in the second."""
-    position = torch.arange(n_positions, dtype=torch.float64)[:, None]
-    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    # computed on the CPU even under a meta-device context (it is a constant, not a weight)
+    position = torch.arange(n_positions, dtype=torch.float64, device="cpu")[:, None]
+    inv_freq = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64, device="cpu") / dim)
     angles = position * inv_freq  # (P, ceil(dim/2))
-    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64, device="cpu")
     half = dim // 2 + dim % 2
     table[:, :half] = torch.sin(angles)
     table[:, half:] = torch.cos(angles[:, : dim // 2])
@@ -73,7 +74,7 @@ def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
     """
     dim = config.rot_dim
     base = float(config.rope_theta)
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim  # CPU even under meta
     inv_freq = 1.0 / (base ** exponents)
     scaling = dict(config.rope_scaling or {})
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -125,7 +126,7 @@ def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
         low, high = max(low, 0), min(high, dim - 1)
         if low == high:
             high += 0.001
-        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
         extrapolation = 1 - ramp
         pos_freqs = base ** exponents
         inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
@@ -212,6 +213,17 @@ def build_attn_mask(
     return AttnMask(mask, False)
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dropout: float) -> torch.Tensor:
+    """`scaled_dot_product_attention`; on the CPU, half-precision inputs are attended in float32, where
+    PyTorch's CPU flash kernel is about 4x faster than its bf16 version (and more accurate)."""
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.mask,
+                                               is_causal=mask.causal, dropout_p=dropout)
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout)
+
+
 class Attention(nn.Module):
     """Multi-head, grouped-query or multi-query attention through `scaled_dot_product_attention`."""
 
@@ -260,10 +272,7 @@ class Attention(nn.Module):
             repeat = self.n_head // self.n_kv_head
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.mask, is_causal=mask.causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, T, D)
+        y = _sdpa(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
 

@@ -37,7 +37,7 @@ class TrainConfig:
     seed: int = _opt(1337, "seed for initialisation, data order, masking and dropout")
     compile: bool = _opt(False, "torch.compile the model")
     device: str = _opt("auto", "cpu | cuda | cuda:N | mps | auto")
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt("auto", "autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt("auto", "autocast dtype (auto: bf16 where the hardware has native bf16 matmul: CUDA, CPUs with AVX512-BF16/AMX; else fp32)")
     label_smoothing: float = _opt(0.0, "label smoothing for seq2seq and classification losses")
     mlm_probability: float = _opt(0.15, "masked LM: fraction of tokens to predict")
     nsp: bool = _opt(False, "masked LM: add next-sentence prediction (needs a model with nsp_head)")

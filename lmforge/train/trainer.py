@@ -161,6 +161,17 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix multiplies are native (and so faster than fp32) on this device: CUDA GPUs with bf16,
+    and CPUs with AVX512-BF16 or AMX, where they run 2-4x faster than fp32 ones."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
 # ---- the loop ------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -215,9 +226,7 @@ class Trainer:
     # ---- setup helpers ---------------------------------------------------------------------------------
     def _amp_dtype(self, name: str) -> torch.dtype | None:
         if name == "auto":
-            if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-            return None
+            return torch.bfloat16 if native_bf16(self.device) else None
         dtype = parse_dtype(name)
         return None if dtype == torch.float32 else dtype
 

@@ -1,0 +1,150 @@
+"""Tiny Shakespeare, character level, nanoGPT's CPU recipe: lmforge against nanoGPT's loop in the same run.
+
+    python benchmarks/tinyshakespeare.py [--input ../shared/data/tinyshakespeare/input.txt] [--out bench-out/shakespeare]
+
+Recipe (nanoGPT README, CPU): 4 layers, 4 heads, 128 wide, context 64, batch 12, lr 1e-3 cosine to 1e-4, 100
+warm-up steps, 2000 iterations, dropout 0, beta2 0.99, weight decay 0.1, grad clip 1; data split 90/10.
+
+Runs, on the same token files:
+1. reference: nanoGPT's recipe in plain PyTorch (benchmarks/nanogpt_ref.py), eager fp32 as nanoGPT runs on a CPU;
+2. lmforge, the same recipe, 2000 iterations (`lmforge pretrain`, dtype auto: bf16 matmuls where the CPU has them);
+3. lmforge with the reference's wall-clock time: as many iterations as fit in the time the reference took
+   (the cosine schedule stretched to them).
+Val loss is measured the same way for all three: mean loss over the whole val split in non-overlapping windows.
+Prints a table, writes results.json and curves.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import nanogpt_ref  # noqa: E402
+
+import lmforge  # noqa: E402
+from lmforge.data.prepare import prepare_corpus  # noqa: E402
+from lmforge.evaluate import perplexity  # noqa: E402
+from lmforge.tokenizer import train_tokenizer_files  # noqa: E402
+from lmforge.train.logs import read_metrics  # noqa: E402
+from lmforge.train.options import TrainConfig  # noqa: E402
+from lmforge.train.pretrain import pretrain  # noqa: E402
+
+RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1,
+              grad_clip=1.0)
+MODEL = ["n_layer=4", "n_head=4", "d_model=128", "dropout=0.0"]
+
+
+def run_lmforge(data: Path, out: Path, steps: int, dtype: str, log_every: int = 50) -> dict:
+    train = TrainConfig(max_steps=steps, eval_every=0, eval_batches=0, save_every=0, log_every=log_every, seed=1337,
+                        dtype=dtype, **RECIPE)
+    start = time.perf_counter()
+    summary = pretrain(data=str(data), out=str(out), model="gpt-nano", set_=MODEL, train=train, overwrite=True)
+    wall = time.perf_counter() - start
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train" and r["step"] > log_every]
+    rates = [r["tok_per_s"] for r in rows]
+    val = perplexity(lmforge.load(out / "last"), str(data), "val", context=64, batch_size=64)["loss"]
+    return {"iters": steps, "wall_s": wall, "train_s": summary["seconds"],
+            "median_ms_per_step": 1000 * 768 / statistics.median(rates), "tok_per_s": statistics.median(rates),
+            "val_loss": val, "curve": [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")
+                                       if r.get("split") == "train"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"))
+    ap.add_argument("--out", default="bench-out/shakespeare")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--dtype", default="auto", help="lmforge's autocast dtype (auto | fp32 | bf16)")
+    args = ap.parse_args()
+    src = Path(args.input)
+    if not src.exists():
+        sys.exit(f"Tiny Shakespeare not found at {src}; pass --input path/to/input.txt")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(torch.get_num_threads())
+
+    tok = train_tokenizer_files([str(src)], out / "tokenizer", kind="char", vocab_size=None, byte_fallback=False,
+                                progress=False)
+    prepare_corpus([str(src)], tok, out / "data", val_fraction=0.1, overwrite=True, progress=False)
+    train_ids = np.memmap(out / "data" / "train.bin", dtype=np.uint16)
+    val_ids = np.memmap(out / "data" / "val.bin", dtype=np.uint16)
+    print(f"data: {len(train_ids):,} train / {len(val_ids):,} val characters, vocabulary {tok.vocab_size}")
+
+    print(f"[1/3] reference: nanoGPT's recipe, eager fp32, {args.iters} iterations", flush=True)
+    t0 = time.perf_counter()
+    model, ref_losses, ref_times = nanogpt_ref.train(train_ids, tok.vocab_size, iters=args.iters)
+    ref_wall = time.perf_counter() - t0
+    ref = {"iters": args.iters, "wall_s": ref_wall, "train_s": sum(ref_times),
+           "median_ms_per_step": 1000 * statistics.median(ref_times[10:]),
+           "tok_per_s": 768 / statistics.median(ref_times[10:]),
+           "val_loss": nanogpt_ref.val_loss(model, val_ids), "curve": list(enumerate(ref_losses, 1))}
+    print(f"      val loss {ref['val_loss']:.4f}, {ref['median_ms_per_step']:.1f} ms/step, {ref_wall:.0f}s", flush=True)
+
+    print(f"[2/3] lmforge, same recipe, {args.iters} iterations (dtype {args.dtype})", flush=True)
+    same = run_lmforge(out / "data", out / "run-same", args.iters, args.dtype)
+    print(f"      val loss {same['val_loss']:.4f}, {same['median_ms_per_step']:.1f} ms/step, {same['wall_s']:.0f}s", flush=True)
+
+    # as many steps as fit in the reference's time, from lmforge's own measured step time (with a 3% margin
+    # for the start-up, final evaluation and checkpoint that the run also pays)
+    budget_steps = int(ref["train_s"] / (same["train_s"] / args.iters) * 0.97)
+    print(f"[3/3] lmforge in the reference's wall-clock time ({ref['train_s']:.0f}s): {budget_steps} iterations", flush=True)
+    timed = run_lmforge(out / "data", out / "run-timed", budget_steps, args.dtype)
+    print(f"      val loss {timed['val_loss']:.4f}, {timed['wall_s']:.0f}s", flush=True)
+
+    rows = [("nanoGPT recipe (reference)", ref), (f"lmforge, {args.iters} iters", same),
+            ("lmforge, same wall-clock", timed)]
+    print()
+    print(f"{'run':30s} {'iters':>6s} {'ms/step':>8s} {'tok/s':>8s} {'wall s':>7s} {'val loss':>9s} {'speed vs ref':>13s}")
+    for name, r in rows:
+        print(f"{name:30s} {r['iters']:6d} {r['median_ms_per_step']:8.1f} {r['tok_per_s']:8.0f} {r['wall_s']:7.1f} "
+              f"{r['val_loss']:9.4f} {r['tok_per_s'] / ref['tok_per_s']:12.2f}x")
+    print()
+    checks = {
+        "val loss <= 1.88 after the recipe's iterations": same["val_loss"] <= 1.88,
+        "throughput >= 20,000 tokens/s": same["tok_per_s"] >= 20000,
+        "in the reference's wall-clock: lower val loss": timed["val_loss"] < ref["val_loss"]
+        and timed["wall_s"] <= ref["wall_s"],
+    }
+    for what, ok in checks.items():
+        print(f"  [{'x' if ok else ' '}] {what}")
+    results = {"reference": ref, "lmforge_same_recipe": same, "lmforge_same_time": timed, "checks": checks,
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    (out / "results.json").write_text(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "curve"}
+                                                      if isinstance(v, dict) and "curve" in v else v)
+                                                  for k, v in results.items()}, indent=2))
+    plot(rows, out / "curves.png")
+    print(f"\nresults: {out / 'results.json'}   curves: {out / 'curves.png'}")
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for name, r in rows:
+        steps, losses = zip(*r["curve"])
+        seconds = np.asarray(steps) * r["median_ms_per_step"] / 1000
+        smooth = np.convolve(losses, np.ones(20) / 20, mode="valid") if len(losses) > 40 else losses
+        ax.plot(seconds[len(seconds) - len(smooth):], smooth, label=f"{name} (val {r['val_loss']:.3f})")
+    ax.set_xlabel("training time (s, median step time x steps)")
+    ax.set_ylabel("train loss (smoothed)")
+    ax.set_title("Tiny Shakespeare, char level, nanoGPT CPU recipe")
+    ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
