@@ -111,30 +111,32 @@ class MaskedLM(Objective):
     def samples_per_epoch(self) -> int:
         return self.train.per_epoch
 
-    def _build(self, windows: torch.Tensor, first: int, source: TokenWindows) -> Batch:
-        B = windows.shape[0]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + first)
-        cls = torch.full((B, 1), self.cls, dtype=torch.long)
-        sep = torch.full((B, 1), self.sep, dtype=torch.long)
-        batch: Batch = {}
+    def _row(self, window: torch.Tensor, sample: int, source: TokenWindows) -> tuple[torch.Tensor, ...]:
+        """One masked sequence; every random draw comes from a generator seeded by the sample's index, so a
+        sample is the same however samples are grouped into micro-batches or processes."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + sample)
+        cls, sep = torch.tensor([self.cls]), torch.tensor([self.sep])
         if self.nsp:
-            split = torch.randint(1, self.inner, (B,), generator=gen)
-            is_next = torch.rand(B, generator=gen) < 0.5
-            rows, types = [], []
-            for b in range(B):
-                a, rest = windows[b, : split[b]], windows[b, split[b]:]
-                if not is_next[b]:  # B from a random place in the stream
-                    start = int(torch.randint(0, len(source.tokens) - len(rest), (1,), generator=gen))
-                    rest = torch.from_numpy(np.asarray(source.tokens[start: start + len(rest)], dtype=np.int64))
-                rows.append(torch.cat([cls[b], a, sep[b], rest, sep[b]]))
-                types.append(torch.cat([torch.zeros(len(a) + 2, dtype=torch.long), torch.ones(len(rest) + 1, dtype=torch.long)]))
-            ids, batch["token_type_ids"] = torch.stack(rows), torch.stack(types)
-            batch["nsp_labels"] = (~is_next).long()  # 0 = B follows A, as BERT
+            split = int(torch.randint(1, self.inner, (1,), generator=gen))
+            a, rest = window[:split], window[split:]
+            is_next = bool(torch.rand(1, generator=gen) < 0.5)
+            if not is_next:  # B from a random place in the stream
+                start = int(torch.randint(0, len(source.tokens) - len(rest), (1,), generator=gen))
+                rest = torch.from_numpy(np.asarray(source.tokens[start: start + len(rest)], dtype=np.int64))
+            ids = torch.cat([cls, a, sep, rest, sep])
+            types = torch.cat([torch.zeros(len(a) + 2, dtype=torch.long), torch.ones(len(rest) + 1, dtype=torch.long)])
         else:
-            ids = torch.cat([cls, windows, sep], dim=1)
+            ids, types, is_next = torch.cat([cls, window, sep]), None, True
         inputs, labels = mask_tokens(ids, vocab_size=self.vocab_size, mask_id=self.mask_id, special_ids=self.special,
                                      probability=self.probability, generator=gen)
-        batch.update(input_ids=inputs, labels=labels)
+        return inputs, labels, types, torch.tensor(0 if is_next else 1)  # NSP label 0 = B follows A, as BERT
+
+    def _build(self, windows: torch.Tensor, first: int, source: TokenWindows) -> Batch:
+        rows = [self._row(w, first + i, source) for i, w in enumerate(windows)]
+        batch: Batch = {"input_ids": torch.stack([r[0] for r in rows]), "labels": torch.stack([r[1] for r in rows])}
+        if self.nsp:
+            batch["token_type_ids"] = torch.stack([r[2] for r in rows])
+            batch["nsp_labels"] = torch.stack([r[3] for r in rows])
         return batch
 
     def batch(self, first: int, size: int) -> Batch:

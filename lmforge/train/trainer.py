@@ -349,11 +349,10 @@ class Trainer:
         return False
 
     # ---- training --------------------------------------------------------------------------------------
-    def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def accumulate_gradients(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward and backward over the step's micro-batches; the gradient is that of the mean loss over all
+        targets of the step (across micro-batches and processes), however they are split."""
         c = self.config
-        lr = lr_at(step, c, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         batches = [self.objective.batch(self.first_sample(step, m), c.batch_size) for m in range(c.grad_accum)]
         batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
         count = self.dist.all_sum(sum(self.objective.count(b) for b in batches).to(self.device).float())
@@ -370,6 +369,14 @@ class Trainer:
             else:
                 scaled.backward()
             loss_sum += loss.detach().float()
+        return self.dist.all_sum(loss_sum), count, tokens
+
+    def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        c = self.config
+        lr = lr_at(step, c, self.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, count, tokens = self.accumulate_gradients(step)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip) if c.grad_clip > 0
@@ -380,8 +387,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        mean_loss = self.dist.all_sum(loss_sum) / count
-        return mean_loss, grad_norm, tokens
+        return loss_sum / count, grad_norm, tokens
 
     def fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
