@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("lmforge.data.prepare:prepare", "tokenize a corpus into memory-mapped token files + manifest"),
     "pretrain": ("lmforge.train.pretrain:pretrain", "pretrain a model: causal LM, masked LM or seq2seq"),
     "sample": ("lmforge.generate:sample_cli", "sample a continuation from a checkpoint"),
+    "generate": ("lmforge.generate:generate_cli", "generate: greedy, sampling or beam search; one prompt or a file"),
+    "chat": ("lmforge.generate:chat_cli", "chat with a checkpoint in the terminal (streamed, /reset, /exit)"),
     "eval perplexity": ("lmforge.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
     "info": ("lmforge.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
     "convert from-hf": ("lmforge.convert.api:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
@@ -105,6 +107,8 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: 
             kwargs["help"] += f" (default: {default})"
     else:
         kwargs["required"] = True
+    if kwargs.get("action") not in (argparse.BooleanOptionalAction,) and "choices" not in kwargs:
+        kwargs["metavar"] = name.split("__")[-1].rstrip("_").upper()
     parser.add_argument(option or _option_name(name), dest=name, **kwargs)
 
 
