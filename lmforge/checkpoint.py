@@ -7,9 +7,10 @@ meta device (no second copy), in the dtype asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -106,9 +107,24 @@ def is_lmforge_checkpoint(folder: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Turn `torch.nn.init`'s initialisers into no-ops: on the meta device they compute nothing, and running them
+    there imports torch._dynamo (about 70 MB and a second), which would dominate loading a small model."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def build_empty(config: ModelConfig) -> Transformer:
     """A model whose parameters are on the meta device (no memory), ready for `load_weights(assign=True)`."""
-    with torch.device("meta"):
+    with _skip_init(), torch.device("meta"):
         return Transformer(config)
 
 
