@@ -12,3 +12,7 @@ from .checkpoint import load, save  # noqa: E402
 from .tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 __all__ += ["load", "save", "Tokenizer", "train_tokenizer"]
+
+from .generate import generate  # noqa: E402  (the function; the module stays importable as lmforge.generate.*)
+
+__all__ += ["generate"]

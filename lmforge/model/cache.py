@@ -60,11 +60,22 @@ class KVCache:
     def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         self.cross[layer] = (k, v)
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (beam search): row i of the result is old row index[i]."""
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep rows `index` (beam search): row i of the result is old row index[i].
+
+        With as many rows as before, only the filled positions are copied, in place; a longer `index` (one
+        prompt's cache expanded to several beams or samples) allocates new buffers. `cross=False` leaves the
+        cross-attention keys/values alone (beams of one source share them).
+        """
+        n = self.length
+        same = index.numel() == self.keys[0].shape[0]
         for i in range(len(self.keys)):
-            self.keys[i] = self.keys[i].index_select(0, index)
-            self.values[i] = self.values[i].index_select(0, index)
-            if self.cross[i] is not None:
+            if same:
+                self.keys[i][:, :, :n] = self.keys[i][:, :, :n].index_select(0, index)
+                self.values[i][:, :, :n] = self.values[i][:, :, :n].index_select(0, index)
+            else:
+                self.keys[i] = self.keys[i].index_select(0, index)
+                self.values[i] = self.values[i].index_select(0, index)
+            if cross and self.cross[i] is not None:
                 k, v = self.cross[i]
                 self.cross[i] = (k.index_select(0, index), v.index_select(0, index))

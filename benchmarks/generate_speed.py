@@ -1,0 +1,188 @@
+"""Decoding speed: lmforge beside transformers on identical GPT-2-124M weights, in the same run.
+
+    flock /tmp/lmforge-bench.lock python benchmarks/generate_speed.py
+
+Random GPT-2-124M weights built by transformers (seed 0), saved with `save_pretrained` and loaded into lmforge
+from that folder (falling back to a direct state-dict copy if this lmforge cannot read Hugging Face folders).
+fp32, 2 threads, greedy, 128 new tokens after a 32-token prompt, EOS ignored (transformers: min_new_tokens),
+at batch 1 and batch 8; tokens/s = new tokens / wall time of the whole `generate` call (prompt included).
+Each measurement alternates the two libraries and keeps the median of `--repeats` runs.
+
+The memory-bandwidth limit for batch 1: every decoding step reads every weight once, so tokens/s can be at
+most (measured matrix-vector bandwidth) / (bytes of weights read per token). The bandwidth is measured with
+F.linear of a 256 MiB fp32 matrix by a vector (far larger than the caches). Weights read per token: all
+parameters except the position table (one row of it is read), the tied embedding counted once.
+
+Time to first token: a 512-token prompt, max_new_tokens=1, batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def build_models(threads: int):
+    import transformers
+
+    import lmforge
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        try:
+            from lmforge.convert import from_hf
+
+            lm = from_hf(tmp, dtype="fp32", tokenizer=False)
+            how = "lmforge.convert.from_hf(save_pretrained folder)"
+        except (ImportError, lmforge.LmforgeError):
+            lm = _copy_gpt2(hf)
+            how = "state-dict copy (this lmforge cannot read Hugging Face folders)"
+    ids = torch.randint(0, 50257, (1, 16))
+    with torch.inference_mode():
+        diff = (hf(ids).logits - lm(ids)).abs().max().item()
+    assert diff < 1e-3, f"the two models disagree (max logit difference {diff})"
+    return hf, lm.eval(), how
+
+
+def _copy_gpt2(hf):
+    from lmforge import ModelConfig, build_model
+
+    c = hf.config
+    model = build_model(ModelConfig.from_name("gpt2-124m")).eval()
+    sd, d, new = hf.state_dict(), c.n_embd, {}
+    new["tok_embed.weight"] = sd["transformer.wte.weight"]
+    new["decoder.pos_embed.weight"] = sd["transformer.wpe.weight"]
+    for part in ("weight", "bias"):
+        new[f"decoder.final_norm.{part}"] = sd[f"transformer.ln_f.{part}"]
+    for i in range(c.n_layer):
+        h, q = f"transformer.h.{i}.", f"decoder.layers.{i}."
+        qkv_w, qkv_b = sd[h + "attn.c_attn.weight"].t(), sd[h + "attn.c_attn.bias"]
+        for j, name in enumerate("qkv"):
+            new[q + f"attn.{name}_proj.weight"] = qkv_w[j * d:(j + 1) * d]
+            new[q + f"attn.{name}_proj.bias"] = qkv_b[j * d:(j + 1) * d]
+        for src, dst in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"), ("mlp.c_proj", "mlp.down_proj")):
+            new[q + dst + ".weight"] = sd[h + src + ".weight"].t()
+            new[q + dst + ".bias"] = sd[h + src + ".bias"]
+        for src, dst in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            for part in ("weight", "bias"):
+                new[q + f"{dst}.{part}"] = sd[h + f"{src}.{part}"]
+    model.load_state_dict({k: v.contiguous().clone() for k, v in new.items()}, strict=False)
+    model.lm_head.weight = model.tok_embed.weight
+    return model
+
+
+def weight_bytes_per_token(model) -> int:
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen or "pos_embed" in name:
+            continue
+        seen.add(id(p))
+        total += p.numel() * p.element_size()
+    return total
+
+
+def matvec_bandwidth(repeats: int = 30) -> float:
+    """Bytes per second of F.linear(vector, 256 MiB fp32 matrix), median of `repeats` calls."""
+    w = torch.randn(8192, 8192)
+    x = torch.randn(1, 8192)
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            F.linear(x, w)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            F.linear(x, w)
+            times.append(time.perf_counter() - t)
+    return w.numel() * 4 / statistics.median(times)
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run(repeats: int, threads: int) -> dict:
+    import transformers
+
+    from lmforge.generate import generate
+
+    hf, lm, how = build_models(threads)
+    gen = torch.Generator().manual_seed(1)
+    results = {"how": how, "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def hf_gen(ids, new):
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                           do_sample=False, pad_token_id=50256)
+
+    def lm_gen(ids, new):
+        return generate(lm, ids, max_new_tokens=new, ignore_eos=True)
+
+    with torch.inference_mode():
+        for batch in (1, 8):
+            ids = torch.randint(0, 50257, (batch, 32), generator=gen)
+            a, b = hf_gen(ids, 8), lm_gen(ids, 8)  # warm up both (and check they agree)
+            assert torch.equal(a, b), "lmforge and transformers chose different tokens"
+            times = {"hf": [], "lm": []}
+            for _ in range(repeats):
+                times["hf"].append(timed(lambda: hf_gen(ids, 128)))
+                times["lm"].append(timed(lambda: lm_gen(ids, 128)))
+            for k in times:
+                results[f"{k}_b{batch}"] = batch * 128 / statistics.median(times[k])
+        ids = torch.randint(0, 50257, (1, 512), generator=gen)
+        hf_gen(ids, 1), lm_gen(ids, 1)
+        ttft = {"hf": [], "lm": []}
+        for _ in range(max(repeats, 5)):
+            ttft["hf"].append(timed(lambda: hf_gen(ids, 1)))
+            ttft["lm"].append(timed(lambda: lm_gen(ids, 1)))
+        results["hf_ttft"] = statistics.median(ttft["hf"])
+        results["lm_ttft"] = statistics.median(ttft["lm"])
+    bw = matvec_bandwidth()
+    nbytes = weight_bytes_per_token(lm)
+    results.update(bandwidth=bw, weight_bytes=nbytes, limit=bw / nbytes)
+    return results
+
+
+def report(r: dict) -> str:
+    lines = [
+        f"GPT-2-124M shape, fp32, {torch.get_num_threads()} threads, greedy, 32-token prompt + 128 new tokens "
+        f"(torch {r['torch']}, transformers {r['transformers']}; lmforge weights via {r['how']})",
+        "",
+        "| measure | transformers | lmforge | lmforge / transformers | target |",
+        "|---|---|---|---|---|",
+        f"| batch 1, tokens/s | {r['hf_b1']:.1f} | {r['lm_b1']:.1f} | {r['lm_b1'] / r['hf_b1']:.2f}x | >= 1.2x |",
+        f"| batch 8, tokens/s | {r['hf_b8']:.1f} | {r['lm_b8']:.1f} | {r['lm_b8'] / r['hf_b8']:.2f}x | >= 1.5x |",
+        f"| time to first token, 512-token prompt | {r['hf_ttft'] * 1000:.0f} ms | {r['lm_ttft'] * 1000:.0f} ms | "
+        f"{r['hf_ttft'] / r['lm_ttft']:.2f}x faster | >= 1.0x |",
+        "",
+        f"matrix-vector bandwidth {r['bandwidth'] / 1e9:.1f} GB/s; weights read per token "
+        f"{r['weight_bytes'] / 1e6:.0f} MB; bandwidth limit {r['limit']:.1f} tokens/s; "
+        f"lmforge batch 1 reaches {100 * r['lm_b1'] / r['limit']:.0f}% of it (target >= 85%), "
+        f"transformers {100 * r['hf_b1'] / r['limit']:.0f}%",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (median kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    r = run(args.repeats, args.threads)
+    print(report(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
