@@ -231,7 +231,8 @@ def test_tokenizer_larger_than_vocabulary(tmp_path):
 @pytest.mark.parametrize("overrides, option", [
     (dict(norm="layernorm", pos="learned", activation="swiglu"), "activation='swiglu'"),
     (dict(norm="layernorm", pos="sinusoidal"), "pos='sinusoidal'"),
-    (dict(norm="layernorm", pos="learned", bias=False), "bias=False"),
+    (dict(norm="layernorm", pos="learned", n_kv_head=2), "n_kv_head=2"),
+    (dict(norm="layernorm", pos="learned", head="classify", num_labels=2), "head='classify'"),
     (dict(norm="rmsnorm", pos="rope", activation="swiglu", bias=False, embed_scale=True), "embed_scale=True"),
     (dict(norm="rmsnorm", pos="rope", activation="gelu", bias=False), "activation='gelu'"),
 ])

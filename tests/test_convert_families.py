@@ -5,6 +5,8 @@ outputs, and loads again in lmforge unchanged (lmforge -> HF -> lmforge)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -259,3 +261,42 @@ def test_loaded_weights_are_the_mapped_file(tmp_path):
     assert (folder / "model.safetensors").read_bytes() == before
     lmforge.save(lm, tmp_path / "lm")
     assert torch.equal(lmforge.load(tmp_path / "lm").tok_embed.weight, lm.tok_embed.weight)
+
+
+@pytest.mark.parametrize("base_cls, case", [(T.GPT2Model, "gpt2"), (T.LlamaModel, "llama-gqa-headdim-biases"),
+                                            (T.Qwen2Model, "qwen2"), (T.RobertaModel, "roberta-mlm")])
+def test_base_models_without_prefix_or_head(base_cls, case, tmp_path):
+    """GPT2Model / LlamaModel / ... checkpoints (no `transformer.` / `model.` prefix, no head): the same final
+    hidden states."""
+    _, config_cls, kwargs, tok_family = CASES[case]
+    torch.manual_seed(0)
+    hf = randomize(base_cls(config_cls(**kwargs)))
+    tok = hf_tokenizer(tok_family)
+    folder = save_hf(hf, tok, tmp_path / "base")
+    enc = batch(tok)
+    if base_cls is not T.RobertaModel:
+        enc.pop("token_type_ids", None)
+    lm = lmforge.load(folder)
+    with torch.no_grad():
+        ref = hf(**enc).last_hidden_state
+        got = lm.encode(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+    assert max_diff(ref, got, enc["attention_mask"]) <= TOL
+
+
+def test_transformers_4_config_format(tmp_path):
+    """Configs written by transformers 4.x (rope_theta + rope_scaling with 'type') load the same."""
+    hf_model, tok, folder, arch, enc, dec = build("llama-rope-llama3", tmp_path)
+    path = folder / "config.json"
+    data = json.loads(path.read_text())
+    params = data.pop("rope_parameters")
+    data["rope_theta"] = params.pop("rope_theta")
+    data["rope_scaling"] = {"type": params.pop("rope_type"), **params}
+    data["torch_dtype"] = data.pop("dtype")
+    path.write_text(json.dumps(data))
+    lm = lmforge.load(folder)
+    assert lm.config.rope_scaling["rope_type"] == "llama3" and lm.config.rope_scaling["factor"] == 8.0
+    assert max(compare(hf_outputs(hf_model, enc, arch), lm_outputs(lm, enc, arch), enc, None).values()) <= TOL
+    # and the export writes both spellings, so 4.x-era tools read it as well
+    exported = json.loads((to_hf(lm, tmp_path / "out") / "config.json").read_text())
+    assert exported["rope_scaling"]["rope_type"] == "llama3" and exported["rope_theta"] == 10000.0
+    assert exported["rope_parameters"]["rope_theta"] == 10000.0

@@ -239,9 +239,14 @@ def _export_family(config: ModelConfig, model_type: str | None) -> Family:
 
 def export_plan(model: Transformer, family: Family, model_type: str, dtype: torch.dtype
                 ) -> list[PlannedTensor]:
-    """The Hugging Face tensors of `model`, each produced from lmforge's tensors only when written."""
+    """The Hugging Face tensors of `model`, each produced from lmforge's tensors only when written.
+
+    A bias the Hugging Face format always has and the lmforge model does not (bias=false, no LM-head bias) is
+    written as zeros, which computes exactly the same thing."""
     config = model.config
-    rules = family.rules(config, family.export_prefix(config, model_type), model_type)
+    full = family.export_config(config)
+    shapes = {k: tuple(v.shape) for k, v in build_empty(full).state_dict().items()}
+    rules = family.rules(full, family.export_prefix(config, model_type), model_type)
     state = model.state_dict()
     saved = {k for k in state if k not in model.tied_keys()}
     uncovered = sorted(saved - set(rules))
@@ -249,23 +254,20 @@ def export_plan(model: Transformer, family: Family, model_type: str, dtype: torc
         raise ExportError(f"cannot export to Hugging Face model_type={model_type}: lmforge tensor(s) "
                           f"{', '.join(uncovered[:5])} have no place there (this configuration has parts "
                           f"{model_type} does not)")
+    for name in rules:
+        if name not in state and not name.endswith("bias"):
+            raise ExportError(f"internal: model_type={model_type} needs {name}, which the lmforge model lacks")
     groups: dict[str, list[tuple[str, Rule]]] = {}
     for name, rule in rules.items():
         groups.setdefault(rule.hf, []).append((name, rule))
     plan = []
     for hf_name, members in groups.items():
         members.sort(key=lambda m: m[1].part[0] if m[1].part else 0)
-        present = [(n, r) for n, r in members if n in state]
-        if not present:
-            if all(r.zeros_if_missing for _, r in members):  # e.g. BART's final_logits_bias without lm_head_bias
-                shape = members[0][1].hf_shape or tuple(state["tok_embed.weight"].shape[:1])
-                plan.append(PlannedTensor(hf_name, dtype, tuple(shape), lambda s=tuple(shape): torch.zeros(s, dtype=dtype)))
-            continue
 
-        def produce(members=present) -> torch.Tensor:
+        def produce(members=members) -> torch.Tensor:
             pieces = []
             for name, rule in members:
-                t = state[name].detach()
+                t = state[name].detach() if name in state else torch.zeros(shapes[name], dtype=dtype)
                 if rule.hf_shape is not None and rule.part is None:
                     t = t.reshape(rule.hf_shape)
                 if rule.transpose:
@@ -274,12 +276,13 @@ def export_plan(model: Transformer, family: Family, model_type: str, dtype: torc
             out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
             return out.to(dtype=dtype if out.is_floating_point() else out.dtype)
 
-        first_name, first_rule = present[0]
-        shape = list(first_rule.expected_hf_shape(tuple(state[first_name].shape)))
+        first_name, first_rule = members[0]
+        shape = list(first_rule.expected_hf_shape(shapes[first_name]))
         if first_rule.part is not None:
-            shape[-1] = sum(state[n].shape[0 if r.transpose else -1] for n, r in present)
-        t0 = state[first_name]
-        plan.append(PlannedTensor(hf_name, dtype if t0.is_floating_point() else t0.dtype, tuple(shape), produce))
+            shape[-1] = sum(shapes[n][0 if r.transpose else -1] for n, r in members)
+        first = state.get(first_name)
+        kind = first.dtype if first is not None and not first.is_floating_point() else dtype
+        plan.append(PlannedTensor(hf_name, kind, tuple(shape), produce))
     for name, tensor in family.extra_export_tensors(config, model_type, model).items():
         plan.append(PlannedTensor(name, dtype, tuple(tensor.shape), lambda t=tensor: t.to(dtype)))
     return plan

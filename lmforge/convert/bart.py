@@ -89,6 +89,9 @@ class Bart(Family):
     def export_prefix(self, config: ModelConfig, model_type: str) -> str:
         return "model."
 
+    def export_config(self, config: ModelConfig) -> ModelConfig:
+        return config.replace(bias=True, qkv_bias=None, attn_out_bias=None, mlp_bias=None, lm_head_bias=True)
+
     def to_hf_config(self, config: ModelConfig, model_type: str) -> dict[str, Any]:
         why = ("BART is a post-norm encoder-decoder with learned positions offset by 2 and a LayerNorm after "
                "the embeddings")
@@ -102,8 +105,6 @@ class Bart(Family):
         require(model_type, config, "norm_eps", (BART_EPS,), "BART's LayerNorms use eps=1e-5")
         require(model_type, config, "activation", tuple(LM_ACTIVATIONS),
                 f"BartConfig.activation_function has no gated MLP; use one of {', '.join(LM_ACTIVATIONS)}")
-        for option in ("bias", "qkv_bias", "attn_out_bias", "mlp_bias"):
-            require(model_type, config, option, (True,), "every BART linear layer and norm has a bias")
         for option, allowed in (("type_vocab_size", (0,)), ("sliding_window", (None,)), ("unique_layers", (None,)),
                                 ("head", ("lm",))):
             require(model_type, config, option, allowed, why)

@@ -169,6 +169,10 @@ class Family:
     def export_prefix(self, config: ModelConfig, model_type: str) -> str:
         raise NotImplementedError
 
+    def export_config(self, config: ModelConfig) -> ModelConfig:
+        """`config` with every bias the Hugging Face format always has (lmforge's missing ones export as zeros)."""
+        return config
+
     def extra_export_tensors(self, config: ModelConfig, model_type: str, model) -> dict[str, torch.Tensor]:
         """Tensors the Hugging Face model needs that lmforge does not store (e.g. zero token-type embeddings)."""
         return {}

@@ -123,6 +123,9 @@ class Bert(Family):
     def export_prefix(self, config: ModelConfig, model_type: str) -> str:
         return "" if self._is_base(config) else f"{model_type}."
 
+    def export_config(self, config: ModelConfig) -> ModelConfig:
+        return config.replace(bias=True, qkv_bias=None, attn_out_bias=None, mlp_bias=None, lm_head_bias=config.mlm_transform)
+
     def to_hf_config(self, config: ModelConfig, model_type: str) -> dict[str, Any]:
         why = "BERT is a post-norm encoder with LayerNorm after the embeddings and learned positions"
         require(model_type, config, "arch", ("encoder",), why)
@@ -133,8 +136,6 @@ class Bert(Family):
         require(model_type, config, "final_norm", (None, False), "BERT has no norm after the last layer")
         require(model_type, config, "activation", tuple(LM_ACTIVATIONS),
                 f"BertConfig.hidden_act has no gated MLP; use one of {', '.join(LM_ACTIVATIONS)}")
-        for option in ("bias", "qkv_bias", "attn_out_bias", "mlp_bias"):
-            require(model_type, config, option, (True,), "every BERT linear layer and norm has a bias")
         for option, allowed in (("embed_scale", (False,)), ("sliding_window", (None,)), ("unique_layers", (None,)),
                                 ("head", ("lm",))):
             require(model_type, config, option, allowed, why)
@@ -143,9 +144,10 @@ class Bert(Family):
         if config.dim_per_head * config.n_head != config.d_model:
             raise cannot_export(model_type, "head_dim", config.head_dim, "BERT's head size is hidden / heads")
         base = self._is_base(config)
-        if not base and not (config.mlm_transform and config.resolved("lm_head_bias")):
-            raise cannot_export(model_type, "mlm_transform", config.mlm_transform, "BertForMaskedLM's head has "
-                                "the dense + activation + norm transform and a bias (lm_head_bias)")
+        if not base and not config.mlm_transform:
+            raise cannot_export(model_type, "mlm_transform", config.mlm_transform, "BertForMaskedLM's head always "
+                                "has the dense + activation + norm transform (without it and with no LM-head bias "
+                                "and tied embeddings the model exports as the base model)")
         if model_type == "roberta":
             if config.pad_token_id is None or config.pos_offset != config.pad_token_id + 1:
                 raise cannot_export(model_type, "pos_offset", config.pos_offset,

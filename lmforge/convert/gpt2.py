@@ -76,6 +76,9 @@ class GPT2(Family):
     def export_prefix(self, config: ModelConfig, model_type: str) -> str:
         return "transformer."
 
+    def export_config(self, config: ModelConfig) -> ModelConfig:
+        return config.replace(bias=True, qkv_bias=None, attn_out_bias=None, mlp_bias=None)
+
     def to_hf_config(self, config: ModelConfig, model_type: str) -> dict[str, Any]:
         why = "GPT-2 is a pre-norm decoder with LayerNorm, learned positions and biases everywhere"
         require(model_type, config, "arch", ("decoder",), why)
@@ -85,8 +88,6 @@ class GPT2(Family):
         require(model_type, config, "pos_offset", (0,), why)
         require(model_type, config, "activation", tuple(LM_ACTIVATIONS),
                 f"GPT2Config.activation_function has no gated MLP; use one of {', '.join(LM_ACTIVATIONS)}")
-        for option in ("bias", "qkv_bias", "attn_out_bias", "mlp_bias"):
-            require(model_type, config, option, (True,), "every GPT-2 linear layer and norm has a bias")
         require(model_type, config, "lm_head_bias", (False,), "GPT-2's LM head has no bias")
         require(model_type, config, "final_norm", (None, True), "GPT-2 always has ln_f")
         for option, allowed in (("embed_scale", (False,)), ("embed_norm", (False,)), ("type_vocab_size", (0,)),
