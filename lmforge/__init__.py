@@ -16,3 +16,7 @@ __all__ += ["load", "save", "Tokenizer", "train_tokenizer"]
 from .generate import generate  # noqa: E402  (the function; the module stays importable as lmforge.generate.*)
 
 __all__ += ["generate"]
+
+from . import convert  # noqa: E402  (lmforge.convert.from_hf / to_hf: Hugging Face interop; needs no transformers)
+
+__all__ += ["convert"]
