@@ -26,6 +26,11 @@ def _load(checkpoint: str, device: str, dtype: str):
     return model
 
 
+def _default_new(given: int | None, default: int, model) -> int:
+    """The user's max_new_tokens, else `default` capped at half the context (small models have short ones)."""
+    return given if given is not None else max(1, min(default, model.config.context_length // 2))
+
+
 def _sampling_options(sample: bool | None, temperature: float | None, top_k: int | None, top_p: float | None,
                       min_p: float | None) -> dict[str, Any]:
     given = any(v is not None for v in (temperature, top_k, top_p, min_p))
@@ -45,7 +50,7 @@ def sample_cli(
     checkpoint: str,
     prompt: str = "",
     *,
-    max_new_tokens: int = 200,
+    max_new_tokens: int | None = None,
     temperature: float = 0.8,
     top_k: int = 50,
     top_p: float = 1.0,
@@ -59,7 +64,7 @@ def sample_cli(
     Args:
         checkpoint: a checkpoint or training run folder.
         prompt: the text to continue (empty: start from BOS).
-        max_new_tokens: tokens to generate per sample.
+        max_new_tokens: tokens to generate per sample (default: 200, at most half the model's context).
         temperature: sampling temperature (0 = greedy).
         top_k: sample among the k most likely tokens (0 = all).
         top_p: nucleus sampling mass, in (0, 1].
@@ -71,6 +76,7 @@ def sample_cli(
     from .api import generate
 
     model = _load(checkpoint, device, dtype)
+    max_new_tokens = _default_new(max_new_tokens, 200, model)
     outputs = []
     for i in range(num_samples):
         if num_samples > 1:
@@ -120,7 +126,7 @@ def generate_cli(
     *,
     prompts: str | None = None,
     out: str | None = None,
-    max_new_tokens: int = 100,
+    max_new_tokens: int | None = None,
     sample: bool | None = None,
     temperature: float | None = None,
     top_k: int | None = None,
@@ -147,7 +153,7 @@ def generate_cli(
         prompt: the text to continue (or use --prompts).
         prompts: a file with one prompt per line, or JSONL with a "prompt" field per line.
         out: write one JSON object per prompt to this .jsonl file (default: print).
-        max_new_tokens: tokens to generate at most per prompt.
+        max_new_tokens: tokens to generate at most per prompt (default: 100, at most half the model's context).
         sample: sample instead of greedy/beam decoding (default: on when a sampling option is given).
         temperature: sampling temperature (0 = greedy).
         top_k: sample among the k most likely tokens (0 = all).
@@ -175,7 +181,7 @@ def generate_cli(
     if (prompt is None) == (prompts is None):
         raise ConfigError("give either a prompt or --prompts FILE (one of them)")
     options: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, num_beams=beams, length_penalty=length_penalty,
+        max_new_tokens=max_new_tokens or 1, num_beams=beams, length_penalty=length_penalty,
         early_stopping={"false": False, "true": True, "never": "never"}[early_stopping],
         num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram, stop=stop or None, seed=seed, truncate=truncate,
@@ -183,6 +189,7 @@ def generate_cli(
         **_sampling_options(sample, temperature, top_k, top_p, min_p))
     GenerationOptions.from_kwargs(**options)  # bad options fail before the model loads
     model = _load(checkpoint, device, dtype)
+    options["max_new_tokens"] = _default_new(max_new_tokens, 100, model)
     t0 = time.perf_counter()
     if prompt is not None and out is None:
         if beams == 1 and num_return_sequences == 1:
@@ -227,7 +234,7 @@ def chat_cli(
     checkpoint: str,
     *,
     system: str | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     temperature: float = 0.7,
     top_k: int = 50,
     top_p: float = 0.9,
@@ -246,7 +253,7 @@ def chat_cli(
     Args:
         checkpoint: a checkpoint or training run folder.
         system: a system message that opens the conversation.
-        max_new_tokens: the longest reply, in tokens.
+        max_new_tokens: the longest reply, in tokens (default: 256, at most half the model's context).
         temperature: sampling temperature (0 = greedy).
         top_k: sample among the k most likely tokens (0 = all).
         top_p: nucleus sampling mass, in (0, 1].
@@ -259,7 +266,7 @@ def chat_cli(
     from .chat import ChatSession, chat_repl
 
     model = _load(checkpoint, device, dtype)
-    session = ChatSession(model, system=system, max_new_tokens=max_new_tokens, do_sample=not greedy,
+    session = ChatSession(model, system=system, max_new_tokens=_default_new(max_new_tokens, 256, model), do_sample=not greedy,
                           temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed)
     try:  # line editing and history for a real terminal
