@@ -192,11 +192,12 @@ def from_hf(
     rules = family.rules(config, prefix, hf.model_type, keys)
     model = build_empty(config)
     shapes, zeros = _plan_load(model, family, config, rules, files, hf, folder)
+    tok = _load_tokenizer(folder, config) if tokenizer else None  # before the weights: fail fast
     target = resolve_device(device)
     want = parse_dtype(dtype) or files.stored_dtype or torch.float32
     load_weights(model, _Converted(files, rules, shapes, zeros, target, want), device=target, dtype=want,
                  source=str(folder))
-    model.tokenizer = _load_tokenizer(folder, config) if tokenizer else None
+    model.tokenizer = tok
     generation = folder / GENERATION_CONFIG
     model.hf_source = {
         "model_type": hf.model_type, "architectures": hf.data.get("architectures"), "folder": str(folder),
