@@ -300,3 +300,28 @@ def test_transformers_4_config_format(tmp_path):
     exported = json.loads((to_hf(lm, tmp_path / "out") / "config.json").read_text())
     assert exported["rope_scaling"]["rope_type"] == "llama3" and exported["rope_theta"] == 10000.0
     assert exported["rope_parameters"]["rope_theta"] == 10000.0
+
+
+def test_legacy_bert_layout_gamma_beta_and_pooler_with_mlm(tmp_path):
+    """Original BERT/RoBERTa checkpoints: LayerNorm gamma/beta names, and an MLM checkpoint that also stores
+    the pooler. lmforge reads both as transformers does, and the export keeps the pooler."""
+    from safetensors.torch import load_file, save_file
+
+    hf_model, tok, folder, arch, enc, dec = build("bert-mlm", tmp_path)
+    torch.manual_seed(1)
+    pooler = torch.nn.Linear(48, 48)
+    tensors = load_file(folder / "model.safetensors")
+    tensors = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+               for k, v in tensors.items()}
+    tensors["bert.pooler.dense.weight"] = pooler.weight.detach().clone()
+    tensors["bert.pooler.dense.bias"] = pooler.bias.detach().clone()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    lm = lmforge.load(folder)
+    assert lm.config.pooler and lm.config.mlm_transform
+    assert max(compare(hf_outputs(hf_model, enc, arch), lm_outputs(lm, enc, arch), enc, None).values()) <= TOL
+    out = to_hf(lm, tmp_path / "out")
+    base = T.BertModel.from_pretrained(out).eval()  # AutoModel on the export gets the stored pooler
+    with torch.no_grad():
+        pooled = base(**enc).pooler_output
+        expected = torch.tanh(pooler(hf_model.bert(**enc).last_hidden_state[:, 0]))
+    assert float((pooled - expected).abs().max()) <= TOL

@@ -4,7 +4,9 @@ Read: BertModel (with or without its pooler), BertForMaskedLM, BertForPreTrainin
 prediction), RobertaModel, RobertaForMaskedLM. RoBERTa differs from BERT in options only: its learned
 positions start at pad_token_id + 1 (lmforge's `pos_offset`, 2 for RoBERTa), and its MLM head always uses exact
 GELU. A base model without an MLM head becomes an lmforge encoder whose LM head is the tied embedding with no
-bias and no transform (no extra tensors), and exports back as BertModel / RobertaModel.
+bias and no transform (no extra tensors), and exports back as BertModel / RobertaModel. A masked-LM checkpoint that
+also stores the pooler (the original roberta-base does) keeps it and exports it the same way. LayerNorm
+parameters named gamma/beta (checkpoints converted from TensorFlow) read as weight/bias.
 """
 
 from __future__ import annotations
@@ -163,8 +165,6 @@ class Bert(Family):
             require(model_type, config, "pos_offset", (0,), "BERT's positions start at 0; export as roberta "
                     "when they start at pad_token_id + 1")
             arch = "BertForPreTraining" if config.nsp_head else "BertModel" if base else "BertForMaskedLM"
-        if config.pooler and not base:
-            raise cannot_export(model_type, "pooler", True, f"{arch} has no pooler; only the base model has one")
         return {
             "architectures": [arch], "model_type": model_type, "vocab_size": config.vocab_size,
             "hidden_size": config.d_model, "num_hidden_layers": config.n_layer,

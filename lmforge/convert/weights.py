@@ -132,6 +132,20 @@ class WeightFiles:
             found = f" (found {', '.join(present)})" if present else ""
             raise CheckpointError(f"{folder} has no weights lmforge reads{found}; expected {SAFETENSORS}, "
                                   f"{SAFETENSORS_INDEX} with its shards, or {BIN} (read weights-only)")
+        # public name -> stored name: checkpoints converted from TensorFlow (the original BERTs) name LayerNorm
+        # parameters gamma/beta; transformers reads them as weight/bias, so does lmforge
+        self._stored: dict[str, str] = {}
+        for name in list(self._where):
+            for old_suffix, new_suffix in ((".gamma", ".weight"), (".beta", ".bias")):
+                if name.endswith(old_suffix) and name[: -len(old_suffix)] + new_suffix not in self._where:
+                    self._stored[name[: -len(old_suffix)] + new_suffix] = name
+        for public, stored in self._stored.items():
+            self._where[public] = self._where.pop(stored)
+            if stored in self._bin:
+                self._bin[public] = self._bin.pop(stored)
+
+    def _name(self, name: str) -> str:
+        return self._stored.get(name, name)
 
     def _shards(self, index_file: Path) -> list[Path]:
         try:
@@ -193,17 +207,17 @@ class WeightFiles:
         if handle is None:
             t = self._bin[name]
             return TensorInfo(t.dtype, tuple(t.shape), self.files[0])
-        dtype, shape, _, _ = handle.entries[name]
+        dtype, shape, _, _ = handle.entries[self._name(name)]
         return TensorInfo(dtype, shape, handle.path)
 
     def get(self, name: str) -> torch.Tensor:
         handle = self._where[name]
-        return self._bin[name] if handle is None else handle.get(name)
+        return self._bin[name] if handle is None else handle.get(self._name(name))
 
     def release(self, name: str) -> None:
         handle = self._where[name]
         if handle is not None:
-            handle.release(name)
+            handle.release(self._name(name))
 
     def file_of(self, name: str) -> str:
         handle = self._where.get(name)
