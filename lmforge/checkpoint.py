@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -107,19 +108,31 @@ def is_lmforge_checkpoint(folder: Path) -> bool:
         return False
 
 
+_SKIP_INIT = threading.local()
+
+
+def _skippable(fn):
+    def init(tensor, *args, **kwargs):
+        return tensor if getattr(_SKIP_INIT, "active", False) else fn(tensor, *args, **kwargs)
+
+    init.__wrapped__ = fn
+    return init
+
+
 @contextlib.contextmanager
 def _skip_init() -> Iterator[None]:
-    """Turn `torch.nn.init`'s initialisers into no-ops: on the meta device they compute nothing, and running them
-    there imports torch._dynamo (about 70 MB and a second), which would dominate loading a small model."""
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for n in names:
-        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    """Turn `torch.nn.init`'s initialisers into no-ops in this thread (other threads keep initialising): on the
+    meta device they compute nothing, and running them there imports torch._dynamo (about 70 MB and a second),
+    which would dominate loading a small model."""
+    for n in dir(torch.nn.init):
+        fn = getattr(torch.nn.init, n)
+        if n.endswith("_") and not n.startswith("_") and callable(fn) and not hasattr(fn, "__wrapped__"):
+            setattr(torch.nn.init, n, _skippable(fn))
+    _SKIP_INIT.active = True
     try:
         yield
     finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
+        _SKIP_INIT.active = False
 
 
 def build_empty(config: ModelConfig) -> Transformer:
