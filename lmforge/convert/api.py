@@ -379,6 +379,8 @@ def to_hf(
             tok_config = lio.read_json(tmp / "tokenizer_config.json")
             for key in [k for k in tok_config if k.startswith("lmforge_")]:
                 tok_config.pop(key)
+            if tok_config.get("tokenizer_class") == "TokenizersBackend":  # transformers 5's name; 4.x knows this one
+                tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
             if not isinstance(tok_config.get("model_max_length"), int) or \
                     tok_config["model_max_length"] > config.context_length:
                 tok_config["model_max_length"] = config.context_length
