@@ -7,8 +7,11 @@ warm-up steps, 2000 iterations, dropout 0, beta2 0.99, weight decay 0.1, grad cl
 
 Runs, on the same token files:
 1. reference: nanoGPT's recipe in plain PyTorch (benchmarks/nanogpt_ref.py), eager fp32 as nanoGPT runs on a CPU;
-2. lmforge, the same recipe, 2000 iterations (`lmforge pretrain`, dtype auto: bf16 matmuls where the CPU has them);
-3. lmforge with the reference's wall-clock time: as many iterations as fit in the time the reference took
+2. lmforge, the same recipe and the same architecture (preset gpt-nano), 2000 iterations (`lmforge pretrain`,
+   dtype auto: bf16 matrix multiplies where the CPU has them) - speed and parity;
+3. lmforge, the same recipe and shape (4 layers, 4 heads, 128 wide) with a Llama block (preset llama-nano:
+   rotary positions, RMSNorm, SwiGLU sized to the same parameter count), 2000 iterations - quality;
+4. lmforge llama-nano with the reference's time for its 2000 iterations: as many iterations as fit
    (the cosine schedule stretched to them).
 Val loss is measured the same way for all three: mean loss over the whole val split in non-overlapping windows.
 Prints a table, writes results.json and curves.png to --out.
@@ -39,21 +42,20 @@ from lmforge.train.pretrain import pretrain  # noqa: E402
 
 RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1,
               grad_clip=1.0)
-MODEL = ["n_layer=4", "n_head=4", "d_model=128", "dropout=0.0"]
 
 
-def run_lmforge(data: Path, out: Path, steps: int, dtype: str, log_every: int = 50) -> dict:
+def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 50) -> dict:
     train = TrainConfig(max_steps=steps, eval_every=0, eval_batches=0, save_every=0, log_every=log_every, seed=1337,
-                        dtype=dtype, **RECIPE)
+                        dtype=dtype, progress=False, **RECIPE)
     start = time.perf_counter()
-    summary = pretrain(data=str(data), out=str(out), model="gpt-nano", set_=MODEL, train=train, overwrite=True)
+    summary = pretrain(data=str(data), out=str(out), model=model, set_=["dropout=0.0"], train=train, overwrite=True)
     wall = time.perf_counter() - start
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train" and r["step"] > log_every]
     rates = [r["tok_per_s"] for r in rows]
     val = perplexity(lmforge.load(out / "last"), str(data), "val", context=64, batch_size=64)["loss"]
     return {"iters": steps, "wall_s": wall, "train_s": summary["seconds"],
             "median_ms_per_step": 1000 * 768 / statistics.median(rates), "tok_per_s": statistics.median(rates),
-            "val_loss": val, "curve": [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")
+            "val_loss": val, "parameters": lmforge.load(out / "last").num_parameters(), "curve": [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")
                                        if r.get("split") == "train"]}
 
 
@@ -78,7 +80,7 @@ def main() -> None:
     val_ids = np.memmap(out / "data" / "val.bin", dtype=np.uint16)
     print(f"data: {len(train_ids):,} train / {len(val_ids):,} val characters, vocabulary {tok.vocab_size}")
 
-    print(f"[1/3] reference: nanoGPT's recipe, eager fp32, {args.iters} iterations", flush=True)
+    print(f"[1/4] reference: nanoGPT's recipe, eager fp32, {args.iters} iterations", flush=True)
     t0 = time.perf_counter()
     model, ref_losses, ref_times = nanogpt_ref.train(train_ids, tok.vocab_size, iters=args.iters)
     ref_wall = time.perf_counter() - t0
@@ -88,34 +90,47 @@ def main() -> None:
            "val_loss": nanogpt_ref.val_loss(model, val_ids), "curve": list(enumerate(ref_losses, 1))}
     print(f"      val loss {ref['val_loss']:.4f}, {ref['median_ms_per_step']:.1f} ms/step, {ref_wall:.0f}s", flush=True)
 
-    print(f"[2/3] lmforge, same recipe, {args.iters} iterations (dtype {args.dtype})", flush=True)
-    same = run_lmforge(out / "data", out / "run-same", args.iters, args.dtype)
+    print(f"[2/4] lmforge, same recipe and architecture (gpt-nano), {args.iters} iterations (dtype {args.dtype})",
+          flush=True)
+    same = run_lmforge(out / "data", out / "run-gpt-nano", "gpt-nano", args.iters, args.dtype)
     print(f"      val loss {same['val_loss']:.4f}, {same['median_ms_per_step']:.1f} ms/step, {same['wall_s']:.0f}s", flush=True)
 
-    # as many steps as fit in the reference's time, from lmforge's own measured step time (with a 3% margin
-    # for the start-up, final evaluation and checkpoint that the run also pays)
-    budget_steps = int(ref["train_s"] / (same["train_s"] / args.iters) * 0.97)
-    print(f"[3/3] lmforge in the reference's wall-clock time ({ref['train_s']:.0f}s): {budget_steps} iterations", flush=True)
-    timed = run_lmforge(out / "data", out / "run-timed", budget_steps, args.dtype)
-    print(f"      val loss {timed['val_loss']:.4f}, {timed['wall_s']:.0f}s", flush=True)
+    print(f"[3/4] lmforge, same recipe and shape, Llama block (llama-nano), {args.iters} iterations", flush=True)
+    llama = run_lmforge(out / "data", out / "run-llama-nano", "llama-nano", args.iters, args.dtype)
+    print(f"      val loss {llama['val_loss']:.4f}, {llama['median_ms_per_step']:.1f} ms/step", flush=True)
 
-    rows = [("nanoGPT recipe (reference)", ref), (f"lmforge, {args.iters} iters", same),
-            ("lmforge, same wall-clock", timed)]
+    # The time the reference needs for its iterations, from its median step time (robust to other processes on
+    # the machine), and as many lmforge steps as fit in it at lmforge's median step time, less 5% for what a
+    # run also pays (start-up, the final evaluation and checkpoint).
+    budget_s = ref["median_ms_per_step"] * args.iters / 1000
+    budget_steps = int(budget_s * 1000 / llama["median_ms_per_step"] * 0.95)
+    print(f"[4/4] llama-nano in the reference's time for {args.iters} iterations ({budget_s:.0f}s at its median step): "
+          f"{budget_steps} iterations", flush=True)
+    timed = run_lmforge(out / "data", out / "run-timed", "llama-nano", budget_steps, args.dtype)
+    print(f"      val loss {timed['val_loss']:.4f}, trained in {timed['train_s']:.0f}s (budget {budget_s:.0f}s)", flush=True)
+
+    ref["parameters"] = sum(p.numel() for p in model.parameters())
+    rows = [("nanoGPT recipe (reference)", ref), ("lmforge gpt-nano", same), ("lmforge llama-nano", llama),
+            ("lmforge llama-nano, ref's time", timed)]
     print()
-    print(f"{'run':30s} {'iters':>6s} {'ms/step':>8s} {'tok/s':>8s} {'wall s':>7s} {'val loss':>9s} {'speed vs ref':>13s}")
+    print(f"{'run':32s} {'params':>8s} {'iters':>6s} {'ms/step':>8s} {'tok/s':>8s} {'train s':>8s} {'val loss':>9s} "
+          f"{'speed vs ref':>13s}")
     for name, r in rows:
-        print(f"{name:30s} {r['iters']:6d} {r['median_ms_per_step']:8.1f} {r['tok_per_s']:8.0f} {r['wall_s']:7.1f} "
-              f"{r['val_loss']:9.4f} {r['tok_per_s'] / ref['tok_per_s']:12.2f}x")
+        print(f"{name:32s} {r['parameters']:8,d} {r['iters']:6d} {r['median_ms_per_step']:8.1f} {r['tok_per_s']:8.0f} "
+              f"{r['train_s']:8.1f} {r['val_loss']:9.4f} {r['tok_per_s'] / ref['tok_per_s']:12.2f}x")
     print()
     checks = {
-        "val loss <= 1.88 after the recipe's iterations": same["val_loss"] <= 1.88,
-        "throughput >= 20,000 tokens/s": same["tok_per_s"] >= 20000,
+        "same architecture: val loss within 0.02 of the reference": abs(same["val_loss"] - ref["val_loss"]) <= 0.02,
+        "val loss <= 1.88 after the recipe's iterations (llama-nano)": llama["val_loss"] <= 1.88,
+        "throughput >= 20,000 tokens/s (gpt-nano and llama-nano)": min(same["tok_per_s"], llama["tok_per_s"]) >= 20000,
         "in the reference's wall-clock: lower val loss": timed["val_loss"] < ref["val_loss"]
         and timed["wall_s"] <= ref["wall_s"],
     }
     for what, ok in checks.items():
         print(f"  [{'x' if ok else ' '}] {what}")
-    results = {"reference": ref, "lmforge_same_recipe": same, "lmforge_same_time": timed, "checks": checks,
+    timed["budget_s"] = budget_s
+    results = {"reference": ref, "lmforge_gpt_nano": same, "lmforge_llama_nano": llama, "lmforge_llama_nano_same_time": timed,
+               "checks": checks,
                "threads": torch.get_num_threads(), "torch": torch.__version__}
     (out / "results.json").write_text(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "curve"}
                                                       if isinstance(v, dict) and "curve" in v else v)

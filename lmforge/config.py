@@ -249,6 +249,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's CPU recipe shape (Tiny Shakespeare, character level)
     "gpt-nano": dict(arch="decoder", vocab_size=65, context_length=64, d_model=128, n_layer=4, n_head=4,
                      norm="layernorm", activation="gelu", pos="learned", bias=False, tie_embeddings=True),
+    # the same shape with a Llama block (RoPE, RMSNorm, SwiGLU sized to the same parameter count)
+    "llama-nano": dict(arch="decoder", vocab_size=65, context_length=64, d_model=128, n_layer=4, n_head=4, d_ff=352,
+                       norm="rmsnorm", activation="swiglu", pos="rope", bias=False, tie_embeddings=True),
     # Llama family shapes
     "llama-tiny": {**_LLAMA, "vocab_size": 8000, "context_length": 512, "d_model": 256, "n_layer": 6,
                    "n_head": 8, "n_kv_head": 4},

@@ -38,6 +38,7 @@ def perplexity(
     batch_size: int = 8,
     max_batches: int | None = None,
     seed: int = 1337,
+    source: str = "the model",
 ) -> dict[str, Any]:
     """Mean loss per predicted token and its exponential on a prepared split.
 
@@ -48,7 +49,7 @@ def perplexity(
     if split not in prepared.manifest["splits"]:
         raise LmforgeError(f"{data} has no split {split!r}; it has {', '.join(prepared.manifest['splits'])}")
     if model.tokenizer is not None:
-        check_tokenizer(prepared.manifest, model.tokenizer, data, "the model")
+        check_tokenizer(prepared.manifest, model.tokenizer, data, source)
     context = context or model.config.context_length
     if context > model.config.context_length:
         raise LmforgeError(f"--context={context} is longer than the model's context_length={model.config.context_length}")
@@ -89,7 +90,7 @@ def perplexity_cli(
         device: cpu, cuda or auto
     """
     model = load(checkpoint, device=resolve_device(device))
-    result = perplexity(model, data, split, context, batch_size, max_batches)
+    result = perplexity(model, data, split, context, batch_size, max_batches, source=checkpoint)
     print(f"{checkpoint} on {data} [{split}]: loss {result['loss']:.4f}  perplexity {result['ppl']:.3f}  "
           f"({result['bits_per_token']:.3f} bits/token, {result['tokens']:,} tokens, {result['objective']}, "
           f"context {result['context']}, {result['seconds']}s)")

@@ -169,8 +169,11 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Load from a folder holding tokenizer.json (and tokenizer_config.json), or a tokenizer.json file."""
+        """Load from a folder holding tokenizer.json (and tokenizer_config.json), a tokenizer.json file, or a
+        training run folder (its best/ or last/ checkpoint)."""
         path = Path(path)
+        if path.is_dir() and not (path / "tokenizer.json").exists():
+            path = next((path / sub for sub in ("best", "last") if (path / sub / "tokenizer.json").exists()), path)
         file = path / "tokenizer.json" if path.is_dir() else path
         if not file.exists():
             raise LmforgeError(f"no tokenizer at {path}: expected {file}; train one with `lmforge tokenizer train` "

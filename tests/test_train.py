@@ -244,3 +244,25 @@ def test_eval_perplexity_matches_the_trainers_validation_loss(corpus, tmp_path, 
     # the data of another tokenizer is refused
     assert main(["eval", "perplexity", str(tmp_path / "run"), "--data", str(corpus["encoder"])]) == 2
     assert "prepared with another tokenizer" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_train_like_one_process_with_the_whole_batch(corpus, tmp_path):
+    """Two gloo processes with batch 4 each see the samples one process sees with batch 8 (data sharding),
+    average their gradients (DDP) and only rank 0 writes: the loss curves agree."""
+    common = ["pretrain", "--model", "bert-mini", "--data", str(corpus["encoder"]), *sum((["--set", s] for s in TINY), []),
+              "--max-steps", "8", "--context", "32", "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "4",
+              "--eval-batches", "2", "--save-every", "4", "--log-every", "1", "--threads", "1", "--dtype", "fp32",
+              "--no-progress", "--set", "dropout=0.0"]
+    subprocess.run(_cli(*common, "--batch-size", "8", "--out", str(tmp_path / "one")), check=True, capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                "-m", "lmforge", *common, "--batch-size", "4", "--out", str(tmp_path / "two")]
+    done = subprocess.run(torchrun, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == list(range(1, 9))
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-4, (step, one[step], two[step])
+    a = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)

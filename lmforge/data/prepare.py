@@ -321,11 +321,12 @@ def read_manifest(folder: str | os.PathLike) -> dict:
 
 
 def check_tokenizer(manifest: dict, tokenizer: Tokenizer, data_dir: str | os.PathLike, who: str) -> None:
-    """Fail clearly when data were tokenized with another tokenizer than the model's."""
+    """Fail clearly when data were tokenized with another tokenizer than the model's (`who`: its folder)."""
     expected = manifest["tokenizer"]["sha256"]
     if tokenizer.sha256 != expected:
         raise DataError(f"{data_dir} was prepared with another tokenizer (sha256 {expected[:12]}) than {who} "
-                        f"uses ({tokenizer.sha256[:12]}); re-run `lmforge prepare ... --tokenizer {who}`")
+                        f"uses ({tokenizer.sha256[:12]}); prepare the data with that model's tokenizer: "
+                        f"`lmforge prepare CORPUS --tokenizer {who} --out NEW_DATA`")
 
 
 def prepare(

@@ -24,7 +24,7 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .objectives import CausalLM, MaskedLM, Objective, Seq2Seq
 from .options import TrainConfig
-from .trainer import Trainer
+from .trainer import Trainer, setup_distributed
 
 ObjectiveName = Literal["auto", "clm", "mlm", "seq2seq"]
 ARCH_OF = {"clm": "decoder", "mlm": "encoder", "seq2seq": "encoder_decoder"}
@@ -118,7 +118,10 @@ def pretrain(
         raise LmforgeError("pretrain needs --data and --out (or --resume RUN); e.g. lmforge pretrain --model gpt-mini "
                            "--data data/ --out runs/gpt-mini")
     out_path = Path(out)
-    check_out_folder(out_path, overwrite)
+    dist = setup_distributed()
+    if dist.main:
+        check_out_folder(out_path, overwrite)
+    dist.barrier()
     prepared = PreparedData(data)
     tokenizer = prepared.tokenizer()
     torch.manual_seed(train.seed)
@@ -152,14 +155,17 @@ def pretrain(
         raise ConfigError(f"{data} holds source/target pairs; pair data trains seq2seq models ({EXAMPLES['encoder_decoder']})")
     obj = make_objective(name, prepared, tokenizer, context, train)
     out_path.mkdir(parents=True, exist_ok=True)
-    lio.write_json(out_path / "run.json", {
-        "lmforge_version": __version__, "command": "pretrain", "objective": name,
-        "model": model if not init else None, "init": str(Path(init).resolve()) if init else None,
-        "data": str(Path(data).resolve()), "tokenizer_sha256": tokenizer.sha256,
-        "model_config": config.to_dict(), "train": train.to_dict(),
-        "created": datetime.datetime.now().isoformat(timespec="seconds"),
-    })
+    if dist.main:
+        lio.write_json(out_path / "run.json", {
+            "lmforge_version": __version__, "command": "pretrain", "objective": name,
+            "model": model if not init else None, "init": str(Path(init).resolve()) if init else None,
+            "data": str(Path(data).resolve()), "tokenizer_sha256": tokenizer.sha256,
+            "model_config": config.to_dict(), "train": train.to_dict(),
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        })
+    dist.barrier()
     return _run(net, obj, train, out_path, tokenizer, resume=False)
+
 
 
 def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
@@ -173,7 +179,8 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     if changes:
         train = TrainConfig.from_dict({**train.to_dict(), **changes})
         info["train"] = train.to_dict()
-        lio.write_json(run_file, info)
+        if setup_distributed().main:
+            lio.write_json(run_file, info)
     if not Path(info["data"]).exists():
         raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
     prepared = PreparedData(info["data"])

@@ -75,6 +75,17 @@ class Dist:
         return value
 
 
+def setup_distributed() -> Dist:
+    """Read torchrun's environment and join the process group (NCCL on GPUs, gloo on CPUs); idempotent."""
+    dist = Dist.from_env()
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(dist.local_rank)
+        torch.distributed.init_process_group(backend)
+    return dist
+
+
 # ---- optimizer and schedule ----------------------------------------------------------------------------
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -172,6 +183,18 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+class ObjectiveModule(nn.Module):
+    """model + objective as one module whose forward returns (summed loss, target count)."""
+
+    def __init__(self, model: Transformer, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.objective.loss(self.model, batch)
+
+
 # ---- the loop ------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -192,15 +215,11 @@ class Trainer:
         self.tokenizer = tokenizer
         self.on_eval = on_eval  # extra evaluation (fine-tuning metrics); returns {"metric": name, "value": x}
         self.higher_is_better = higher_is_better
-        self.dist = Dist.from_env()
+        self.dist = setup_distributed()
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device if self.dist.world == 1 or config.device != "auto" else
                                      (f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"))
-        if self.dist.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
         self.amp_dtype = self._amp_dtype(config.dtype)
         self.model = model.to(self.device)
         self.state = TrainState()
@@ -211,7 +230,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if resume:
             self._load_state()
-        self.train_model: nn.Module = self.model
+        # the loss is computed inside one module's forward, so DDP sees every use of the weights, whatever
+        # methods of the model an objective calls (masked LM uses encode + the head on masked positions)
+        self.train_model: nn.Module = ObjectiveModule(self.model, objective)
         if config.compile:
             for stack in (self.model.encoder, self.model.decoder):
                 if stack is not None:
@@ -220,7 +241,7 @@ class Trainer:
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index]
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index]
                                                        if self.device.type == "cuda" else None)
 
     # ---- setup helpers ---------------------------------------------------------------------------------
@@ -362,7 +383,7 @@ class Trainer:
             sync = m == len(batches) - 1 or self.dist.world == 1
             ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
             with ctx, self.autocast():
-                loss, _ = self.objective.loss(self.train_model, batch)
+                loss, _ = self.train_model(batch)
                 scaled = loss / count * self.dist.world  # DDP averages gradients over processes
             if self.scaler:
                 self.scaler.scale(scaled).backward()
