@@ -26,6 +26,7 @@ LOADERS = {
     "lmforge.load (fp32, as stored)": "lmforge",
     "lmforge.load(dtype='bf16')": "lmforge-bf16",
     "transformers AutoModelForCausalLM.from_pretrained": "transformers",
+    "lmforge.load + lmforge.convert.to_hf (export)": "lmforge-export",
 }
 
 
@@ -98,7 +99,7 @@ def child(kind: str, folder: str) -> None:
     reset = _reset_peak()
     baseline = _rss() if reset else max(_rss(), _peak())
     t0 = time.perf_counter()
-    if kind == "lmforge":
+    if kind in ("lmforge", "lmforge-export"):
         model = lmforge.load(folder)
     elif kind == "lmforge-bf16":
         model = lmforge.load(folder, dtype="bf16")
@@ -108,6 +109,10 @@ def child(kind: str, folder: str) -> None:
     after_load = _peak()
     with torch.no_grad():
         model(ids)
+    if kind == "lmforge-export":  # writing a Hugging Face copy streams one tensor at a time
+        out = tempfile.mkdtemp(prefix="lmforge-export-")
+        lmforge.convert.to_hf(model, Path(out) / "hf")
+        shutil.rmtree(out)
     after_forward = _peak()
     print(json.dumps({"baseline": baseline, "load_peak": after_load - baseline,
                       "forward_peak": after_forward - baseline, "rss_after": _rss() - baseline,
@@ -142,7 +147,8 @@ def main() -> None:
         mib = 1 << 20
         print(f"\nGPT-2 124M, fp32 safetensors: {weight_bytes / mib:.1f} MiB of weights "
               f"({weight_bytes / 4 / 1e6:.1f}M parameters stored)\n")
-        header = ("loader", "peak during load", "peak incl. forward", "ratio to weights", "RSS after", "load time")
+        header = ("loader", "peak during load", "peak incl. forward (and export)", "ratio to weights", "RSS after",
+                  "load time")
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for label, r in rows:
