@@ -6,6 +6,7 @@ outputs, and loads again in lmforge unchanged (lmforge -> HF -> lmforge)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -232,6 +233,7 @@ def test_pytorch_model_bin_weights_only(tmp_path):
     assert max(compare(expected, lm_outputs(lm, enc, arch), enc, None).values()) <= TOL
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
 def test_loaded_weights_are_the_mapped_file(tmp_path):
     """No second copy: a parameter stored as lmforge uses it is a view of the memory-mapped safetensors file,
     and a transformed one (GPT-2's transposed, split c_attn) is a fresh contiguous tensor."""
