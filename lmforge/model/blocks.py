@@ -216,11 +216,13 @@ def build_attn_mask(
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dropout: float) -> torch.Tensor:
     """`scaled_dot_product_attention`; on the CPU, half-precision inputs are attended in float32, where
     PyTorch's CPU flash kernel is about 4x faster than its bf16 version (and more accurate)."""
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+    half = (torch.bfloat16, torch.float16)
+    if q.device.type == "cpu" and (q.dtype in half or v.dtype in half or torch.is_autocast_enabled("cpu")):
+        # (under CPU autocast, SDPA's inputs would be cast down to bf16 even when they arrive in fp32)
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.mask,
                                                is_causal=mask.causal, dropout_p=dropout)
-        return y.to(q.dtype)
+        return y.to(v.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout)
 
 

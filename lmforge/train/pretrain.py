@@ -40,8 +40,9 @@ def default_objective(arch: str) -> str:
 def check_objective(objective: str, config: ModelConfig, source: str) -> None:
     want = ARCH_OF[objective]
     if config.arch != want:
-        raise ConfigError(f"objective {objective} needs an {want} model ({EXAMPLES[want]}); {source} is an "
-                          f"{config.arch}")
+        article = "an" if want[0] in "aeiou" else "a"
+        raise ConfigError(f"objective {objective} needs {article} {want} model ({EXAMPLES[want]}); {source} is "
+                          f"{'an' if config.arch[0] in 'aeiou' else 'a'} {config.arch}")
 
 
 def make_objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
