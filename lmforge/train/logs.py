@@ -93,12 +93,13 @@ def plot_losses(metrics: str | Path, out_png: str | Path, title: str = "") -> Pa
     if train:
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train")
-        if len(losses) > 10:
-            alpha, smooth, s = 0.9, [], losses[0]
-            for x in losses:
-                s = alpha * s + (1 - alpha) * x
-                smooth.append(s)
-            ax.plot(steps, smooth, color="tab:blue", linewidth=1.6, label="train (smoothed)")
+        if len(losses) > 10:  # centred moving average over ~1/25 of the run: no lag, no start-up bias
+            import numpy as np
+
+            width = max(3, len(losses) // 25) | 1
+            smooth = np.convolve(losses, np.ones(width) / width, mode="valid")
+            ax.plot(steps[width // 2: width // 2 + len(smooth)], smooth, color="tab:blue", linewidth=1.6,
+                    label="train (smoothed)")
     if val:
         steps, losses = zip(*val)
         ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.6, markersize=3, label="val")
@@ -107,7 +108,7 @@ def plot_losses(metrics: str | Path, out_png: str | Path, title: str = "") -> Pa
                     xytext=(0, 8), ha="center", fontsize=8, color="tab:orange")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or "training loss")
+    ax.set_title(f"{title}: training loss" if title else "training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
