@@ -8,20 +8,27 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, parse_overrides
+from .checkpoint import is_lmforge_checkpoint, read_config, resolve_checkpoint
+from .config import PRESETS, ModelConfig, parse_overrides
 from .model import Transformer
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 
 
 def _config(model: str, overrides: dict[str, Any]) -> ModelConfig:
+    """The config of a preset, an lmforge checkpoint or run folder, or a Hugging Face folder or hub id."""
     path = Path(model)
-    if path.exists():
-        from .checkpoint import read_config, resolve_checkpoint
+    if model in PRESETS:
+        config = ModelConfig.from_name(model)
+    elif path.exists() and is_lmforge_checkpoint(resolve_checkpoint(path)):
+        config = read_config(resolve_checkpoint(path))
+    elif path.exists() or "/" in model:
+        from .convert.api import hf_model_config
 
-        return read_config(resolve_checkpoint(path)).replace(**overrides) if overrides else read_config(
-            resolve_checkpoint(path))
-    return ModelConfig.from_name(model, **overrides)
+        config = hf_model_config(model)
+    else:
+        config = ModelConfig.from_name(model)  # the unknown-preset error lists the presets
+    return config.replace(**overrides) if overrides else config
 
 
 def analyse(config: ModelConfig, context: int | None = None, batch_size: int = 1) -> dict[str, Any]:
@@ -92,7 +99,7 @@ def info(model: str, *, set_: list[str] | None = None, context: int | None = Non
     """Parameters, FLOPs per token and memory of a preset or a checkpoint.
 
     Args:
-        model: a preset name (gpt2-124m, llama3-8b, bert-base, ...) or a checkpoint/run folder
+        model: a preset name (gpt2-124m, llama3-8b, bert-base, ...), a checkpoint or run folder, or a Hugging Face folder or hub id
         set_: override config fields, e.g. --set n_layer=24
         context: sequence length for the attention FLOPs and memory figures (default: the model's context)
         batch_size: sequences, for the KV-cache and training-memory figures

@@ -177,18 +177,7 @@ def from_hf(
     (from tokenizer.json, unless tokenizer=False) and `.hf_source` (model_type, architectures, generation config).
     """
     folder = hf_folder(path, revision)
-    if is_lmforge_checkpoint(folder):
-        raise CheckpointError(f"{folder} is an lmforge checkpoint, not a Hugging Face folder; use lmforge.load")
-    hf = read_hf_config(folder)
-    family = family_for(hf.model_type, hf.source)
-    files = WeightFiles(folder)
-    keys = set(files.keys())
-    prefix = family.prefix(hf, keys)
-    try:
-        config = family.to_lmforge(hf, keys, prefix)
-    except ConfigError as e:
-        raise (e if hf.source in str(e) else ConfigError(f"{hf.source}: {e}")) from None
-    config = config.replace(name=str(hf.data.get("_name_or_path") or folder.name))
+    hf, family, files, keys, prefix, config = _describe(folder)
     rules = family.rules(config, prefix, hf.model_type, keys)
     model = build_empty(config)
     shapes, zeros = _plan_load(model, family, config, rules, files, hf, folder)
@@ -204,6 +193,29 @@ def from_hf(
         "generation_config": lio.read_json(generation) if generation.exists() else None,
     }
     return model.eval()
+
+
+def _describe(folder: Path) -> tuple[HFConfig, Family, WeightFiles, set[str], str, ModelConfig]:
+    """A Hugging Face folder's config, family, weight files (headers only), tensor names, prefix and the
+    lmforge config it maps to."""
+    if is_lmforge_checkpoint(folder):
+        raise CheckpointError(f"{folder} is an lmforge checkpoint, not a Hugging Face folder; use lmforge.load")
+    hf = read_hf_config(folder)
+    family = family_for(hf.model_type, hf.source)
+    files = WeightFiles(folder)
+    keys = set(files.keys())
+    prefix = family.prefix(hf, keys)
+    try:
+        config = family.to_lmforge(hf, keys, prefix)
+    except ConfigError as e:
+        raise (e if hf.source in str(e) else ConfigError(f"{hf.source}: {e}")) from None
+    config = config.replace(name=str(hf.data.get("_name_or_path") or folder.name))
+    return hf, family, files, keys, prefix, config
+
+
+def hf_model_config(path: str | os.PathLike, revision: str | None = None) -> ModelConfig:
+    """The lmforge `ModelConfig` of a Hugging Face folder or hub id, without reading any weights."""
+    return _describe(hf_folder(path, revision))[-1]
 
 
 def _load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
