@@ -32,6 +32,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lmforge.generate:generate_cli", "generate: greedy, sampling or beam search; one prompt or a file"),
     "chat": ("lmforge.generate:chat_cli", "chat with a checkpoint in the terminal (streamed, /reset, /exit)"),
     "eval perplexity": ("lmforge.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
+    "finetune classify": ("lmforge.finetune.classify:finetune_classify", "fine-tune a text (or text-pair) classifier "
+                          "on a TSV/CSV/JSONL file: full, frozen or LoRA"),
+    "finetune ner": ("lmforge.finetune.ner:finetune_ner", "fine-tune a token classifier (NER, BIO tags) on CoNLL files"),
+    "finetune seq2seq": ("lmforge.finetune.seq2seq:finetune_seq2seq", "train or fine-tune a seq2seq model on aligned "
+                         "source/target files (BLEU on dev)"),
+    "finetune sft": ("lmforge.finetune.sft:finetune_sft", "supervised chat fine-tuning of a decoder (loss on "
+                     "assistant turns)"),
+    "predict": ("lmforge.finetune.predict:predict", "apply a fine-tuned model to a file (labels, tags, outputs, replies)"),
+    "eval classify": ("lmforge.finetune.evaluate:eval_classify", "accuracy, P/R/F1 and confusion matrix of a classifier"),
+    "eval ner": ("lmforge.finetune.evaluate:eval_ner", "entity-level P/R/F1 (CoNLL semantics) of a tagger"),
+    "eval bleu": ("lmforge.finetune.evaluate:eval_bleu", "sacreBLEU of a seq2seq model (or of an output file)"),
+    "eval rouge": ("lmforge.finetune.evaluate:eval_rouge", "ROUGE-1/2/L of a seq2seq model (or of an output file)"),
+    "eval zero-shot": ("lmforge.finetune.evaluate:eval_zero_shot", "zero-/few-shot classification by each label's "
+                       "log-likelihood"),
+    "lora merge": ("lmforge.adapters.cli:merge_cli", "merge a LoRA adapter into plain weights (export, serving)"),
     "info": ("lmforge.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
     "convert from-hf": ("lmforge.convert.api:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
                         "lmforge checkpoint"),

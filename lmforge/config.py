@@ -71,6 +71,8 @@ class ModelConfig:
     num_labels: int = 0
     labels: list[str] | None = None
     pooling: Pooling = "cls"
+    # LoRA adapters on named linear layers: {"rank", "alpha", "dropout", "targets"} (see lmforge.adapters.lora)
+    lora: dict | None = None
     # token ids the model itself needs (from the tokenizer)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -117,6 +119,9 @@ class ModelConfig:
                               f"(got {self.num_labels})")
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise ConfigError(f"labels has {len(self.labels)} names but num_labels={self.num_labels}")
+        if self.lora is not None and not (isinstance(self.lora, dict) and isinstance(self.lora.get("rank"), int)
+                                          and self.lora["rank"] >= 1 and self.lora.get("targets")):
+            raise ConfigError(f"lora={self.lora!r} needs a whole rank >= 1 and a non-empty list of targets")
         if self.nsp_head and self.arch != "encoder":
             raise ConfigError("nsp_head (next-sentence prediction) is only for arch=encoder")
         if self.pooler and self.arch != "encoder":

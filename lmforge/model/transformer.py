@@ -124,6 +124,10 @@ class Transformer(nn.Module):
         self._init_residual_scale()
         if self.tied:
             self.lm_head.weight = self.tok_embed.weight
+        if config.lora:  # LoRA layer swap, rebuilt from the config (lmforge.adapters.lora)
+            from ..adapters.lora import apply_lora
+
+            apply_lora(self, **config.lora)
 
     # ---- construction ---------------------------------------------------------------------------------
     def _build_head(self, config: ModelConfig) -> None:
@@ -142,6 +146,8 @@ class Transformer(nn.Module):
         else:
             self.head_dropout = nn.Dropout(config.dropout)
             self.classifier = nn.Linear(d, config.num_labels)
+            if config.head == "classify" and config.pooler:  # BERT's dense+tanh pooler (BertForSequenceClassification)
+                self.pooler = nn.Linear(d, d)
 
     @property
     def tied(self) -> bool:
@@ -253,7 +259,10 @@ class Transformer(nn.Module):
     def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     last_only: bool = False) -> torch.Tensor:
         if self.config.head == "classify":
-            return self.classifier(self.head_dropout(self.pool(hidden, attention_mask)))
+            pooled = self.pool(hidden, attention_mask)
+            if self.pooler is not None:
+                pooled = torch.tanh(self.pooler(pooled))
+            return self.classifier(self.head_dropout(pooled))
         if self.config.head == "tag":
             return self.classifier(self.head_dropout(hidden))
         if last_only:

@@ -71,7 +71,7 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
     if run_file.exists():
         run = lio.read_json(run_file)
         raise LmforgeError(f"{out} already holds a run ({run.get('objective')} on {run.get('data')}); continue it with "
-                           f"`lmforge pretrain --resume {out}`, choose another --out, or pass --overwrite to replace it")
+                           f"`lmforge {run.get('command', 'pretrain')} --resume {out}`, choose another --out, or pass --overwrite to replace it")
     raise LmforgeError(f"{out} is not empty and is not an lmforge run; choose another --out or pass --overwrite")
 
 
@@ -169,19 +169,27 @@ def pretrain(
 
 
 
-def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
+def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig
+             ) -> tuple[dict[str, Any], TrainConfig]:
+    """A run folder's run.json and training options, with the resuming command's --max-steps, --max-time and
+    --progress applied (and recorded in run.json)."""
     run_file = run / "run.json"
     if not run_file.exists():
-        raise LmforgeError(f"{run} is not a run folder (no run.json); give the --out folder of an earlier pretrain")
+        raise LmforgeError(f"{run} is not a run folder (no run.json); give the --out folder of an earlier run")
     info = lio.read_json(run_file)
-    train = TrainConfig.from_dict(info["train"])
+    train = config_cls.from_dict(info["train"])
     changes = {k: getattr(overrides, k) for k in ("max_steps", "max_time") if getattr(overrides, k) is not None}
     changes["progress"] = overrides.progress
     if changes:
-        train = TrainConfig.from_dict({**train.to_dict(), **changes})
+        train = config_cls.from_dict({**train.to_dict(), **changes})
         info["train"] = train.to_dict()
         if setup_distributed().main:
             lio.write_json(run_file, info)
+    return info, train
+
+
+def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
+    info, train = read_run(run, overrides)
     if not Path(info["data"]).exists():
         raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
     prepared = PreparedData(info["data"])

@@ -1,0 +1,168 @@
+"""`lmforge predict RUN --input FILE --out FILE`: apply a fine-tuned model to new data.
+
+The task comes from the run (run.json) or, for a bare checkpoint, from its head: a classifier labels the rows of a
+table (writing the input columns + prediction + probability), a tagger tags CoNLL tokens (or whitespace-split text
+lines), a seq2seq model writes one output line per input line, a chat model answers JSONL conversations. Options
+default to those of training (columns, --max-length, --stride, prompt template).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import io as lio
+from ..errors import ConfigError, LmforgeError
+from ..model import Transformer
+from .data import Example, Sentence, file_kind, read_chats, read_conll, read_table, read_text_lines
+from .runs import load_for_inference, run_info
+
+
+def task_of(model: Transformer, info: dict[str, Any]) -> str:
+    if info.get("objective") in ("classify", "ner", "seq2seq", "sft"):
+        return info["objective"]
+    head = model.config.head
+    if head == "classify":
+        return "classify"
+    if head == "tag":
+        return "ner"
+    return "seq2seq"
+
+
+def training_option(info: dict[str, Any], name: str, given: Any, default: Any) -> Any:
+    if given is not None:
+        return given
+    value = info.get("args", {}).get(name, info.get("train", {}).get(name))
+    return default if value is None else value
+
+
+def write_table(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    kind = file_kind(path)
+    if kind == "jsonl":
+        lio.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return
+    if kind == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        lio.write_text(path, buf.getvalue())
+        return
+    clean = [[str(r.get(c, "")).replace("\t", " ").replace("\n", " ") for c in columns] for r in rows]
+    lio.write_text(path, "\t".join(columns) + "\n" + "".join("\t".join(r) + "\n" for r in clean))
+
+
+def read_sentences(path: str) -> list[Sentence]:
+    """CoNLL (tokens with or without tags) or, for .txt files, one whitespace-tokenized sentence per line."""
+    if Path(path).suffix == ".txt":
+        lines = [line for line in read_text_lines(path) if line.strip()]
+        if not lines:
+            raise LmforgeError(f"{path} holds no sentences")
+        return [Sentence(line.split(), None, i) for i, line in enumerate(lines, 1)]
+    return read_conll(path, require_tags=False)
+
+
+def predict(
+    checkpoint: str,
+    *,
+    input: str,
+    out: str,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    max_length: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 64,
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Predict with a fine-tuned model: labels for a table, tags for CoNLL tokens, outputs for source lines,
+    replies for chat conversations.
+
+    Args:
+        checkpoint: fine-tuning run folder (its best checkpoint) or checkpoint folder
+        input: classify: .tsv/.csv/.jsonl table; ner: CoNLL file or .txt sentences; seq2seq: text lines; sft: chat JSONL or text lines (user turns)
+        out: output file (classify: its extension chooses TSV, CSV or JSONL)
+        text_column: column of the text (default: the training run's)
+        text_pair_column: column of the second text of a pair (default: the training run's)
+        max_length: tokens per input (default: the training run's)
+        stride: windows over long inputs, overlapping by this many tokens (default: the training run's)
+        batch_size: inputs per forward pass
+        num_beams: seq2seq: beams of the beam search (1 = greedy)
+        max_new_tokens: seq2seq and chat: new tokens at most per output
+        device: cpu, cuda or auto
+    """
+    info = run_info(checkpoint)
+    model = load_for_inference(checkpoint, device)
+    if model.tokenizer is None:
+        raise LmforgeError(f"{checkpoint} has no tokenizer; it cannot read text")
+    task = task_of(model, info)
+    max_length = training_option(info, "max_length", max_length, 128)
+    stride = training_option(info, "stride", stride, None)
+    out_path = Path(out)
+    if task == "classify":
+        from .classify import predict_labels
+
+        text = training_option(info, "text_column", text_column, "text")
+        pair = training_option(info, "text_pair_column", text_pair_column, None)
+        columns, rows = read_table(input)
+        for c in [text] + ([pair] if pair else []):
+            if c not in columns:
+                raise ConfigError(f"{input}: no column {c!r}; its columns are {', '.join(columns)} (choose with "
+                                  "--text-column / --text-pair-column)")
+        examples = [Example((str(r[text]),) + ((str(r[pair]),) if pair else ()), None, line) for line, r in rows]
+        labels, probs = predict_labels(model, examples, max_length=max_length, stride=stride, batch_size=batch_size)
+        names = model.config.labels
+        out_rows = []
+        for (_, row), label, p in zip(rows, labels, probs):
+            extra = {"prediction": label, "probability": round(float(p.max()), 6)}
+            if file_kind(out_path) == "jsonl":
+                extra["probabilities"] = {n: round(float(x), 6) for n, x in zip(names, p)}
+            out_rows.append({**row, **extra})
+        write_table(out_path, columns + ["prediction", "probability"], out_rows)
+        count = len(out_rows)
+    elif task == "ner":
+        from .ner import predict_tags
+
+        sentences = read_sentences(input)
+        tags = predict_tags(model, sentences, max_length=max_length, stride=stride, batch_size=batch_size)
+        blocks = []
+        for s, pred in zip(sentences, tags):
+            gold = s.tags or [None] * len(s.words)
+            blocks.append("".join(f"{w}\t{g}\t{p}\n" if g is not None else f"{w}\t{p}\n"
+                                  for w, g, p in zip(s.words, gold, pred)))
+        lio.write_text(out_path, "\n".join(blocks))
+        count = len(sentences)
+    elif task == "seq2seq" and model.config.arch in ("encoder_decoder", "decoder"):
+        from .seq2seq import DEFAULT_TEMPLATE, translate
+
+        sources = read_text_lines(input)
+        template = training_option(info, "prompt_template", None, DEFAULT_TEMPLATE)
+        outputs = translate(model, sources, template=template, max_length=max_length, max_new_tokens=max_new_tokens,
+                            num_beams=num_beams, batch_size=batch_size)
+        lio.write_text(out_path, "".join(o.replace("\n", " ") + "\n" for o in outputs))
+        count = len(outputs)
+    elif task == "sft":
+        from .sft import reply
+
+        if file_kind(Path(input)) == "jsonl":
+            conversations = [[m for m in msgs] for _, msgs in read_chats(input, require_assistant=False)]
+            conversations = [c[:max(i for i, m in enumerate(c) if m["role"] != "assistant") + 1] for c in conversations]
+        else:
+            conversations = [[{"role": "user", "content": line}] for line in read_text_lines(input) if line.strip()]
+        replies = reply(model, conversations, max_new_tokens=max_new_tokens or 128)
+        lio.write_text(out_path, "".join(json.dumps({"messages": c + [{"role": "assistant", "content": r["reply"]}],
+                                                     "ended_turn": r["ended_turn"]}, ensure_ascii=False) + "\n"
+                                         for c, r in zip(conversations, replies)))
+        count = len(replies)
+    else:
+        raise ConfigError(f"{checkpoint} is a {model.config.arch} model with a {model.config.head} head; predict "
+                          "needs a classifier, a tagger, a seq2seq or a chat model")
+    print(f"{task}: wrote {count:,} prediction(s) to {out_path}")
+    return {"task": task, "count": count, "out": str(out_path)}
+
+
+__all__ = ["predict", "task_of", "write_table", "read_sentences"]

@@ -1,0 +1,245 @@
+"""`lmforge finetune seq2seq`: sequence-to-sequence on aligned source/target files (translation, summarisation).
+
+- Encoder-decoder models (transformer-small / transformer-base presets, BART): teacher forcing on
+  source + EOS -> start + target, predicting target + EOS (the pretraining `Seq2Seq` objective, bucketed by length).
+- Decoder-only models: the source is written into a prompt (--prompt-template, default "{source}\\n"), the target
+  follows it and ends with EOS; the loss covers the target only.
+
+A preset is trained from scratch with a BPE tokenizer shared by both sides, trained on the training files inside
+the run. The dev metric is BLEU (sacrebleu) of greedy decoding on --eval-samples dev pairs through
+`lmforge.generate`; at the end the best checkpoint decodes the whole dev set (with --num-beams) and writes
+samples.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from .. import io as lio
+from .. import metrics
+from ..errors import ConfigError, LmforgeError
+from ..model import Transformer
+from ..tokenizer import Tokenizer
+from .data import read_aligned, split_dev
+from .heads import apply_method, check_arch
+from .objectives import CausalObjective, ListPairs, PairObjective, Rows
+from .runs import FinetuneConfig, Task, eval_mode, is_model_path, load_base, resumed_model, start
+from .runs import resume as resume_run
+
+COMMAND = "finetune seq2seq"
+DEFAULT_TEMPLATE = "{source}\n"
+
+
+def _eos(tokenizer: Tokenizer, model: Transformer) -> int:
+    for i in (tokenizer.eos_id, model.config.eos_token_id, tokenizer.sep_id):
+        if i is not None:
+            return i
+    raise LmforgeError("seq2seq needs an end-of-sequence token; the tokenizer has none")
+
+
+def source_ids(tokenizer: Tokenizer, text: str, eos: int, limit: int) -> list[int]:
+    """Source tokens as the encoder sees them: the tokenizer's own framing (BART's <s>) without its final EOS,
+    cut to limit - 1, then EOS."""
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    if ids and ids[-1] == eos:
+        ids = ids[:-1]
+    return ids[:limit - 1] + [eos]
+
+
+def prompt_ids(tokenizer: Tokenizer, template: str, source: str) -> list[int]:
+    return tokenizer.encode(template.format(source=source), add_special_tokens=True)
+
+
+def causal_rows(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], template: str, eos: int, max_length: int
+                ) -> tuple[Rows, int]:
+    """Prompt + target + EOS rows with the loss mask on target + EOS; the prompt is cut from the left (keeping
+    BOS) when the pair does not fit in max_length."""
+    rows = Rows()
+    cut = 0
+    for i, (src, tgt) in enumerate(pairs):
+        p = prompt_ids(tokenizer, template, src)
+        t = tokenizer.encode(tgt, add_special_tokens=False)[:max_length // 2] + [eos]
+        room = max_length - len(t)
+        if len(p) > room:
+            cut += 1
+            keep_bos = tokenizer.bos_id is not None and p and p[0] == tokenizer.bos_id
+            p = ([p[0]] + p[len(p) - room + 1:]) if keep_bos else p[len(p) - room:]
+        rows.ids.append(np.asarray(p + t, dtype=np.int64))
+        rows.labels.append(np.asarray([0] * len(p) + [1] * len(t), dtype=np.int64))
+        rows.owner.append(i)
+    return rows, cut
+
+
+def translate(model: Transformer, sources: Sequence[str], *, template: str = DEFAULT_TEMPLATE, max_length: int = 128,
+              max_new_tokens: int | None = None, num_beams: int = 1, batch_size: int = 64, **options: Any) -> list[str]:
+    """Outputs of a seq2seq model (encoder-decoder, or decoder-only with the prompt template) for source texts."""
+    from ..generate import generate
+
+    tok = model.tokenizer
+    eos = _eos(tok, model)
+    context = model.config.context_length
+    if model.config.arch == "encoder_decoder":
+        prompts = [source_ids(tok, s, eos, min(max_length, context)) for s in sources]
+        new = max_new_tokens or min(max_length, context - 1)
+    else:
+        new = max_new_tokens or min(max_length // 2, context // 2)
+        prompts = [prompt_ids(tok, template, s)[-(context - new):] for s in sources]
+    with eval_mode(model):
+        outs = generate(model, prompts, max_new_tokens=new, num_beams=num_beams, batch_size=batch_size,
+                        return_dict=True, eos_token_id=eos, **options)
+    return [o.text.strip() for o in outs]
+
+
+def score(model: Transformer, pairs: Sequence[tuple[str, str]], **options: Any) -> tuple[dict[str, Any], list[str]]:
+    hyps = translate(model, [s for s, _ in pairs], **options)
+    return metrics.bleu(hyps, [t for _, t in pairs]), hyps
+
+
+def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
+    pairs = read_aligned(args["train_src"], args["train_tgt"])
+    if args.get("dev_src") or args.get("dev_tgt"):
+        if not (args.get("dev_src") and args.get("dev_tgt")):
+            raise ConfigError("--dev-src and --dev-tgt go together; give both aligned dev files")
+        dev = read_aligned(args["dev_src"], args["dev_tgt"])
+        dev_source = args["dev_src"]
+    else:
+        pairs, dev = split_dev(pairs, args["dev_fraction"], train.seed)
+        dev_source = f"{args['train_src']} (held-out {args['dev_fraction']:.0%})"
+    notes: list[str] = []
+    if resumed:
+        model, tokenizer = resumed_model(resumed, Path(args["out"]))
+        method = resumed["method"]
+    else:
+        model = load_base(args["model"], tokenizer=args.get("tokenizer"), texts=lambda: (x for p in pairs for x in p),
+                          vocab_size=args["vocab_size"], set_=args.get("set_"), objective="seq2seq",
+                          context=train.max_length, seed=train.seed, notes=notes)
+        check_arch(model.config, ("encoder_decoder", "decoder"), "seq2seq", f"--model {args['model']}")
+        if model.config.head != "lm":
+            raise ConfigError(f"--model {args['model']} has a {model.config.head} head; seq2seq needs a language-model "
+                              "head (a pretrained or preset encoder-decoder or decoder)")
+        tokenizer = model.tokenizer
+        if not is_model_path(args["model"]) and train.lr < 1e-4:
+            notes.append(f"note: --lr {train.lr:g} is a fine-tuning rate; a model trained from a preset usually "
+                         "wants about 1e-3 (with --warmup-steps of a few hundred)")
+        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
+                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
+                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+    max_length = min(train.max_length, model.config.context_length)
+    eos = _eos(tokenizer, model)
+    template = args["prompt_template"]
+    if "{source}" not in template:
+        raise ConfigError(f"--prompt-template {template!r} must contain {{source}}")
+    if model.config.arch == "encoder_decoder":
+        def encode(ps):
+            return ListPairs([(np.asarray(source_ids(tokenizer, s, eos, max_length)[:-1], dtype=np.int64),
+                               np.asarray(tokenizer.encode(t, add_special_tokens=False), dtype=np.int64)) for s, t in ps])
+
+        objective = PairObjective(encode(pairs), encode(dev), max_length, train.seed, tokenizer, train.batch_size,
+                                  train.label_smoothing, model.config.decoder_start_token_id)
+    else:
+        train_rows, cut = causal_rows(tokenizer, pairs, template, eos, max_length)
+        dev_rows, _ = causal_rows(tokenizer, dev, template, eos, max_length)
+        if cut:
+            notes.append(f"{cut:,} training prompt(s) were cut from the left to fit --max-length={max_length}")
+        pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        objective = CausalObjective("seq2seq", train_rows, dev_rows, pad, train.seed, train.batch_size,
+                                    train.label_smoothing)
+    notes.append(f"seq2seq ({model.config.arch}): {len(pairs):,} training and {len(dev):,} dev pairs ({dev_source})")
+    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for _, t in dev)
+    new_tokens = min(max(8, math.ceil(1.5 * longest) + 4), max_length - 1)
+    decode = dict(template=template, max_length=max_length, max_new_tokens=new_tokens, batch_size=max(train.batch_size, 32))
+    eval_pairs = dev[:args["eval_samples"]] if args["eval_samples"] else dev
+
+    def evaluate(net: Transformer) -> dict[str, Any]:
+        net.tokenizer = tokenizer
+        result, _ = score(net, eval_pairs, **decode)
+        return {"metric": "bleu", "value": result["bleu"], "bleu_samples": len(eval_pairs)}
+
+    def finish(best: Transformer, out: Path) -> dict[str, Any]:
+        result, hyps = score(best, dev, num_beams=args["num_beams"], **decode)
+        lines = [json.dumps({"source": s, "reference": t, "output": h}, ensure_ascii=False)
+                 for (s, t), h in zip(dev, hyps)]
+        lio.write_text(out / "samples.jsonl", "\n".join(lines) + "\n")
+        head = f"dev BLEU {result['bleu']:.2f} ({len(dev)} pairs, {'greedy' if args['num_beams'] == 1 else str(args['num_beams']) + ' beams'})"
+        print(f"{head}; {result['signature']}", flush=True)
+        for (s, t), h in list(zip(dev, hyps))[:3]:
+            print(f"  {s}\n    -> {h}\n    reference: {t}", flush=True)
+        return {"dev": result, "headline": head}
+
+    files = [args["train_src"], args["train_tgt"]] + [p for p in (args.get("dev_src"), args.get("dev_tgt")) if p]
+    higher = args["metric"] == "bleu"
+    return Task("seq2seq", model, tokenizer, objective, evaluate if higher else None, higher, finish, method, files,
+                notes)
+
+
+def finetune_seq2seq(
+    *,
+    model: str | None = None,
+    train_src: str | None = None,
+    train_tgt: str | None = None,
+    dev_src: str | None = None,
+    dev_tgt: str | None = None,
+    out: str | None = None,
+    prompt_template: str = DEFAULT_TEMPLATE,
+    metric: Literal["bleu", "loss"] = "bleu",
+    eval_samples: int = 200,
+    num_beams: int = 1,
+    method: Literal["full", "frozen", "lora"] = "full",
+    unfreeze_layers: int = 0,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: str = "q,v",
+    lora_dropout: float = 0.0,
+    dev_fraction: float = 0.05,
+    tokenizer: str | None = None,
+    vocab_size: int = 8000,
+    set_: list[str] | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    options: FinetuneConfig | None = None,
+) -> dict[str, Any]:
+    """Train or fine-tune a seq2seq model on aligned source/target files (one sentence per line, .gz allowed).
+
+    Args:
+        model: checkpoint or run folder, Hugging Face folder or hub id, or a preset (transformer-small, transformer-base, gpt-mini) to train from scratch
+        train_src: training source file
+        train_tgt: training target file, aligned line by line with --train-src
+        dev_src: dev source file
+        dev_tgt: dev target file (default for both: a seeded --dev-fraction of the training pairs)
+        out: run folder
+        prompt_template: decoder-only models: the prompt holding {source}; the target follows it
+        metric: dev metric for the best checkpoint and early stopping: BLEU of greedy decoding, or the loss
+        eval_samples: dev pairs decoded at each evaluation (0 = all)
+        num_beams: beams for decoding the whole dev set with the best checkpoint at the end
+        method: full (all weights), frozen (only --unfreeze-layers top layers), lora (adapters)
+        unfreeze_layers: with frozen or lora, also train this many top layers
+        lora_rank: LoRA rank
+        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
+        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
+        lora_dropout: dropout on the LoRA input
+        dev_fraction: share of the training pairs held out as dev when no dev files are given
+        tokenizer: tokenizer folder (for a preset, or to replace the checkpoint's)
+        vocab_size: vocabulary of the shared BPE tokenizer trained for a preset when --tokenizer is not given
+        set_: config override for a preset (--set n_layer=4), or dropout for a checkpoint
+        resume: a run folder to continue exactly where it stopped
+        overwrite: replace a run that already exists in --out
+    """
+    options = options or FinetuneConfig()
+    if resume:
+        return resume_run(COMMAND, resume, options, build)
+    if not (model and train_src and train_tgt and out):
+        raise ConfigError("finetune seq2seq needs --model, --train-src, --train-tgt and --out (or --resume RUN); e.g. "
+                          "lmforge finetune seq2seq --model transformer-small --train-src train.en --train-tgt train.de "
+                          "--out runs/mt")
+    if num_beams < 1 or eval_samples < 0:
+        raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
+    args = {k: v for k, v in locals().items() if k not in ("options",)}
+    return start(COMMAND, args, options, build)
+
+
+__all__ = ["finetune_seq2seq", "translate", "score", "causal_rows", "source_ids"]

@@ -1,0 +1,241 @@
+"""`lmforge finetune sft`: supervised fine-tuning of a decoder on chat conversations (JSONL `messages`).
+
+Each conversation is rendered with the tokenizer's chat template (the default ChatML one when it has none) and
+tokenized once. The loss covers the assistant turns only: the characters of turn i are those the full template adds
+after the conversation up to turn i-1 with the generation prompt (`<|im_start|>assistant\\n`), up to the end of turn
+i without trailing whitespace, so the content and the end-of-turn token (`<|im_end|>`) are learned and the role
+headers and user turns are not. Tokens are mapped to characters through the tokenizer's offsets.
+
+At the end the best checkpoint answers the dev conversations (greedy, stopping at the end-of-turn token) and
+samples.jsonl records whether each reply ended with the template's end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from .. import io as lio
+from ..errors import ConfigError, DataError
+from ..model import Transformer
+from ..tokenizer import Tokenizer
+from .data import read_chats, split_dev
+from .heads import apply_method, check_arch
+from .objectives import CausalObjective, Rows
+from .runs import FinetuneConfig, Task, eval_mode, load_base, resumed_model, start
+from .runs import resume as resume_run
+
+COMMAND = "finetune sft"
+
+
+def render(tokenizer: Tokenizer, messages: Sequence[dict[str, str]], where: str = "") -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (content + end-of-turn token)."""
+    text = tokenizer.apply_chat_template(list(messages))
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(list(messages[:i]), add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(list(messages[:i + 1]))
+        if not upto.startswith(before) or not text.startswith(upto):
+            raise DataError(f"{where}the chat template does not render a conversation as a prefix of its continuation, "
+                            "so the assistant turns cannot be located; use a prefix-consistent template (ChatML)")
+        end = len(upto.rstrip())
+        if end > len(before):
+            spans.append((len(before), end))
+    return text, spans
+
+
+def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict[str, str]], max_length: int, where: str = ""
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of a conversation and its loss mask (1 on assistant tokens), cut to max_length."""
+    text, spans = render(tokenizer, messages, where)
+    bos = tokenizer.special.get("bos")
+    enc = tokenizer.backend.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+    mask = np.zeros(len(enc.ids), dtype=np.int64)
+    for t, (s, e) in enumerate(enc.offsets):
+        if e > s and any(s < b and e > a for a, b in spans):
+            mask[t] = 1
+    ids = np.asarray(enc.ids, dtype=np.int64)
+    return ids[:max_length], mask[:max_length]
+
+
+def chat_rows(tokenizer: Tokenizer, chats: Sequence[tuple[int, list[dict[str, str]]]], max_length: int, path: str
+              ) -> tuple[Rows, int]:
+    rows = Rows()
+    dropped = 0
+    for i, (line, messages) in enumerate(chats):
+        ids, mask = encode_chat(tokenizer, messages, max_length, f"{path}:{line}: ")
+        if mask[1:].sum() == 0:
+            dropped += 1
+            continue
+        rows.ids.append(ids)
+        rows.labels.append(mask)
+        rows.owner.append(i)
+    return rows, dropped
+
+
+def turn_end_ids(tokenizer: Tokenizer, model: Transformer) -> list[int]:
+    from ..generate.chat import TURN_END_TOKENS
+
+    ids = [i for i in (tokenizer.token_to_id(t) for t in TURN_END_TOKENS) if i is not None]
+    for i in (tokenizer.eos_id, model.config.eos_token_id):
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def reply(model: Transformer, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int = 64,
+          **options: Any) -> list[dict[str, Any]]:
+    """Greedy replies to conversations (each ends before the assistant turn to write): text, and whether the reply
+    ended with the end-of-turn token within max_new_tokens."""
+    from ..generate import generate
+
+    tok = model.tokenizer
+    bos = tok.special.get("bos")
+    max_new_tokens = max(1, min(max_new_tokens, model.config.context_length // 2))
+    prompts = []
+    for messages in conversations:
+        text = tok.apply_chat_template(list(messages), add_generation_prompt=True)
+        ids = tok.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
+        prompts.append(ids[-(model.config.context_length - max_new_tokens):])
+    with eval_mode(model):
+        outs = generate(model, prompts, max_new_tokens=max_new_tokens, eos_token_id=turn_end_ids(tok, model),
+                        return_dict=True, batch_size=16, **options)
+    return [{"reply": o.text, "ended_turn": o.finish_reason == "eos", "tokens": len(o.token_ids)} for o in outs]
+
+
+def prompt_part(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], str | None]:
+    """The conversation before its last assistant turn, and that turn's content (the reference)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return list(messages[:last]), messages[last]["content"]
+
+
+def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
+    chats = read_chats(args["train"])
+    if args.get("dev"):
+        dev = read_chats(args["dev"])
+        dev_source = args["dev"]
+    else:
+        chats, dev = split_dev(chats, args["dev_fraction"], train.seed)
+        dev_source = f"{args['train']} (held-out {args['dev_fraction']:.0%})"
+    notes: list[str] = []
+    if resumed:
+        model, tokenizer = resumed_model(resumed, Path(args["out"]))
+        method = resumed["method"]
+    else:
+        model = load_base(args["model"], tokenizer=args.get("tokenizer"),
+                          texts=lambda: (m["content"] for _, c in chats for m in c), vocab_size=args["vocab_size"],
+                          set_=args.get("set_"), context=train.max_length, seed=train.seed, notes=notes)
+        check_arch(model.config, ("decoder",), "chat SFT", f"--model {args['model']}")
+        if model.config.head != "lm":
+            raise ConfigError(f"--model {args['model']} has a {model.config.head} head; SFT needs a language model")
+        tokenizer = model.tokenizer
+        if tokenizer.chat_template is None:
+            notes.append("the tokenizer has no chat template: using ChatML (<|im_start|>role ... <|im_end|>)")
+        missing = [t for t in ("<|im_start|>", "<|im_end|>") if tokenizer.token_to_id(t) is None]
+        if tokenizer.chat_template is None and missing:
+            notes.append(f"note: {', '.join(missing)} are not single tokens of this vocabulary; they are learned as "
+                         "text")
+        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
+                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
+                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+    max_length = min(train.max_length, model.config.context_length)
+    train_rows, dropped = chat_rows(tokenizer, chats, max_length, args["train"])
+    dev_rows, _ = chat_rows(tokenizer, dev, max_length, args.get("dev") or args["train"])
+    if not len(train_rows):
+        raise DataError(f"{args['train']}: no conversation has an assistant token within --max-length={max_length}")
+    if dropped:
+        notes.append(f"{dropped:,} conversation(s) have no assistant token within --max-length={max_length} and "
+                     "were left out")
+    targets = sum(int(m[1:].sum()) for m in train_rows.labels)
+    notes.append(f"sft: {len(train_rows):,} training conversations ({targets:,} assistant tokens) and {len(dev):,} "
+                 f"dev ({dev_source})")
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    objective = CausalObjective("sft", train_rows, dev_rows, pad, train.seed, train.batch_size, train.label_smoothing)
+
+    def finish(best: Transformer, out: Path) -> dict[str, Any]:
+        from .. import metrics
+
+        total, count = 0.0, 0  # the objective's own loss over the whole dev set
+        with eval_mode(best):
+            for batch in objective.eval_batches(train.batch_size, None):
+                loss, n = objective.loss(best, {k: v.to(best.device) for k, v in batch.items()})
+                total, count = total + float(loss), count + int(n)
+        dev_loss = total / max(count, 1)
+        sample = [prompt_part(m) for _, m in dev[:args["samples"]]]
+        replies = reply(best, [p for p, _ in sample], max_new_tokens=args["sample_tokens"]) if sample else []
+        lio.write_text(out / "samples.jsonl", "".join(
+            json.dumps({"messages": p, "reference": ref, **r}, ensure_ascii=False) + "\n"
+            for (p, ref), r in zip(sample, replies)))
+        ended = sum(r["ended_turn"] for r in replies) / max(len(replies), 1)
+        head = (f"dev assistant-token loss {dev_loss:.4f} (ppl {metrics.perplexity(dev_loss):.2f}); "
+                f"{ended:.0%} of {len(replies)} sample replies end with the end-of-turn token")
+        for (p, ref), r in list(zip(sample, replies))[:3]:
+            print(f"  user: {p[-1]['content'][:100]!r}\n    -> {r['reply'][:120]!r}{'' if r['ended_turn'] else ' [no end-of-turn]'}",
+                  flush=True)
+        return {"dev_loss": dev_loss, "dev_assistant_tokens": count, "template_following": ended,
+                "headline": head}
+
+    files = [args["train"]] + ([args["dev"]] if args.get("dev") else [])
+    return Task("sft", model, tokenizer, objective, None, False, finish, method, files, notes)
+
+
+def finetune_sft(
+    *,
+    model: str | None = None,
+    train: str | None = None,
+    dev: str | None = None,
+    out: str | None = None,
+    method: Literal["full", "frozen", "lora"] = "full",
+    unfreeze_layers: int = 0,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: str = "q,v",
+    lora_dropout: float = 0.0,
+    dev_fraction: float = 0.05,
+    samples: int = 8,
+    sample_tokens: int = 64,
+    tokenizer: str | None = None,
+    vocab_size: int = 8000,
+    set_: list[str] | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    options: FinetuneConfig | None = None,
+) -> dict[str, Any]:
+    """Supervised fine-tuning of a decoder on chat conversations, with the loss on assistant turns only.
+
+    Args:
+        model: decoder checkpoint or run folder, Hugging Face folder or hub id (or a preset, from scratch)
+        train: JSONL file of {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}
+        dev: dev JSONL file (default: a seeded --dev-fraction of the training conversations)
+        out: run folder
+        method: full (all weights), frozen (only --unfreeze-layers top layers), lora (adapters)
+        unfreeze_layers: with frozen or lora, also train this many top layers
+        lora_rank: LoRA rank
+        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
+        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
+        lora_dropout: dropout on the LoRA input
+        dev_fraction: share of the training conversations held out as dev when --dev is not given
+        samples: dev conversations answered by the best checkpoint at the end (samples.jsonl)
+        sample_tokens: new tokens at most per sample reply
+        tokenizer: tokenizer folder (to replace the checkpoint's)
+        vocab_size: vocabulary of the tokenizer trained for a preset when --tokenizer is not given
+        set_: config override for a preset, or dropout for a checkpoint
+        resume: a run folder to continue exactly where it stopped
+        overwrite: replace a run that already exists in --out
+    """
+    options = options or FinetuneConfig()
+    if resume:
+        return resume_run(COMMAND, resume, options, build)
+    if not (model and train and out):
+        raise ConfigError("finetune sft needs --model, --train and --out (or --resume RUN); e.g. lmforge finetune sft "
+                          "--model runs/gpt --train chats.jsonl --out runs/chat")
+    args = {k: v for k, v in locals().items() if k not in ("options",)}
+    return start(COMMAND, args, options, build)
+
+
+__all__ = ["finetune_sft", "render", "encode_chat", "reply", "chat_rows"]
