@@ -266,3 +266,37 @@ def test_torchrun_two_processes_train_like_one_process_with_the_whole_batch(corp
     b = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5)
+
+
+def test_masked_lm_training_follows_transformers_bert_step_for_step(corpus, tmp_path):
+    """The same weights (through lmforge.convert), the same masked batches, the same AdamW: lmforge's encoder and
+    transformers' BertForMaskedLM give the same losses step after step (forward, backward and head agree)."""
+    transformers = pytest.importorskip("transformers")
+    from lmforge.data.batches import PreparedData
+    from lmforge.train.objectives import MaskedLM
+
+    data = PreparedData(corpus["encoder"])
+    tok = data.tokenizer()
+    objective = MaskedLM(data.tokens("train"), data.tokens("val"), 32, 7, tok)
+    torch.manual_seed(0)
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = lmforge.convert.from_hf(tmp_path / "hf", tokenizer=False).train()
+    runs = {}
+    for name, model, loss_of in (
+        ("transformers", hf.train(), lambda b: hf(input_ids=b["input_ids"], labels=b["labels"]).loss),
+        ("lmforge", ours, lambda b: objective.loss(ours, b)[0] / objective.count(b)),
+    ):
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        runs[name] = []
+        for step in range(6):
+            loss = loss_of(objective.batch(step * 8, 8))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            runs[name].append(loss.item())
+    assert runs["lmforge"][-1] < runs["lmforge"][0] - 0.1
+    for a, b in zip(runs["lmforge"], runs["transformers"]):
+        assert abs(a - b) < 2e-4, (runs["lmforge"], runs["transformers"])
