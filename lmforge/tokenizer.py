@@ -372,8 +372,12 @@ def _train_subword(texts: Iterable[str], kind: str, vocab_size: int, special: li
                                       initial_alphabet=alphabet, show_progress=progress)
     elif kind == "wordpiece":
         tok = HFTokenizer(models.WordPiece(unk_token=unk, continuing_subword_prefix=WORDPIECE_PREFIX))
+        # The trainer gives continuation symbols ids in hash-map order, which breaks ties between merges
+        # differently from run to run (huggingface/tokenizers#1794); registering all 256 of them up front, in a
+        # fixed order, makes training reproducible. They are plain vocabulary entries in the result.
+        continued = [WORDPIECE_PREFIX + c for c in sorted(alphabet)]
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=special, initial_alphabet=alphabet,
+                                            special_tokens=special + continued, initial_alphabet=alphabet,
                                             continuing_subword_prefix=WORDPIECE_PREFIX, show_progress=progress)
     else:
         tok = HFTokenizer(models.Unigram())

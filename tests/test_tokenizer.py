@@ -91,3 +91,11 @@ def test_chat_template_renders_messages():
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert tok.encode("<|im_start|>")[0] == tok.token_to_id("<|im_start|>")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "char"])
+def test_training_is_reproducible(kind):
+    """The same corpus and options give the same tokenizer (Unigram is not reproducible upstream)."""
+    shas = {train_tokenizer(CORPUS * 3, kind, 700 if kind != "char" else None, "encoder", progress=False).sha256
+            for _ in range(4)}
+    assert len(shas) == 1
