@@ -81,21 +81,23 @@ def classification_report(gold: Sequence[Hashable], pred: Sequence[Hashable],
     return report
 
 
+def _prf_table(first: str, rows: dict[str, dict[str, Any]], total: tuple[str, dict[str, Any], int]) -> list[str]:
+    width = max(8, *(len(name) for name in rows), len(total[0]))
+    lines = [f"{first.ljust(width)}  precision  recall     f1  support"]
+    for name, c in [*rows.items(), total[:2]]:
+        support = c["support"] if name in rows else total[2]
+        lines.append(f"{name.ljust(width)}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {support:7d}")
+    return lines
+
+
 def format_classification(report: dict[str, Any]) -> str:
-    width = max(8, *(len(label) for label in report["labels"]))
-    lines = [f"{'label'.ljust(width)}  precision  recall     f1  support"]
-    for label, c in report["per_class"].items():
-        lines.append(f"{label.ljust(width)}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}")
-    lines.append(f"{'macro'.ljust(width)}  {report['macro_precision']:9.4f}  {report['macro_recall']:6.4f}  "
-                 f"{report['macro_f1']:.4f}  {report['examples']:7d}")
-    lines.append(f"accuracy {report['accuracy']:.4f} ({report['examples']} examples)")
-    return "\n".join(lines)
+    macro = {k: report[f"macro_{k}"] for k in ("precision", "recall", "f1")}
+    lines = _prf_table("label", report["per_class"], ("macro", macro, report["examples"]))
+    return "\n".join(lines + [f"accuracy {report['accuracy']:.4f} ({report['examples']} examples)"])
 
 
 def plot_confusion(matrix: list[list[int]], labels: Sequence[str], path: str | Path, title: str = "") -> Path:
     """The confusion matrix as a PNG: counts, and colour by the share of each gold row."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,6 +119,15 @@ def plot_confusion(matrix: list[list[int]], labels: Sequence[str], path: str | P
                         color="white" if shares[i][j] > 0.6 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
     ax.set_title(title or "confusion matrix")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -202,14 +213,8 @@ def entity_report(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
 
 
 def format_entities(report: dict[str, Any]) -> str:
-    width = max(8, *(len(t) for t in report["per_type"]), 5) if report["per_type"] else 8
-    lines = [f"{'type'.ljust(width)}  precision  recall     f1  support"]
-    for t, c in report["per_type"].items():
-        lines.append(f"{t.ljust(width)}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}")
-    lines.append(f"{'all'.ljust(width)}  {report['precision']:9.4f}  {report['recall']:6.4f}  {report['f1']:.4f}  "
-                 f"{report['gold_entities']:7d}")
-    lines.append(f"token accuracy {report['token_accuracy']:.4f} ({report['sentences']} sentences)")
-    return "\n".join(lines)
+    lines = _prf_table("type", report["per_type"], ("all", report, report["gold_entities"]))
+    return "\n".join(lines + [f"token accuracy {report['token_accuracy']:.4f} ({report['sentences']} sentences)"])
 
 
 # ---- generation metrics --------------------------------------------------------------------------------

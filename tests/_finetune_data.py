@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import random
 
-from lmforge.finetune.runs import FinetuneConfig
+from lmforge.finetune.runs import FinetuneConfig, MethodConfig, ModelSource
 from lmforge.tokenizer import train_tokenizer
 
 POS = "great wonderful superb lovely brilliant".split()
@@ -56,6 +56,14 @@ def write_conll(path, sentences) -> str:
 def encoder_tokenizer():
     texts = [t for _, t in sentiment_rows(300, 1)] + [" ".join(w for w, _ in s) for s in ner_sentences(300, 1)]
     return train_tokenizer(texts, "bpe", 400, "encoder", progress=False)
+
+
+def src(tokenizer=None, vocab_size: int = 8000, set_=None) -> ModelSource:
+    return ModelSource(tokenizer=tokenizer, vocab_size=vocab_size, set_=list(set_ or []))
+
+
+def way(method: str = "full", **kw) -> MethodConfig:
+    return MethodConfig(method=method, **kw)
 
 
 def tiny_options(**kw) -> FinetuneConfig:

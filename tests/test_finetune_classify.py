@@ -20,7 +20,7 @@ from lmforge.finetune.heads import init_embeddings, with_head
 from lmforge.finetune.objectives import TaskObjective
 from lmforge.train.logs import read_metrics
 
-from _finetune_data import TINY, encoder_tokenizer, sentiment_rows, tiny_options, write_table
+from _finetune_data import TINY, encoder_tokenizer, sentiment_rows, src, tiny_options, way, write_table
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 def run(data, out, **kw):
     options = kw.pop("options", tiny_options())
     return finetune_classify(model=kw.pop("model", "bert-mini"), train=data["train"], dev=data["dev"], out=str(out),
-                             tokenizer=data["tok"], set_=kw.pop("set_", TINY), options=options, **kw)
+                             source=src(data["tok"], set_=kw.pop("set_", TINY)), options=options, **kw)
 
 
 def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_path):
@@ -58,8 +58,19 @@ def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_
     assert report["accuracy"] == result["dev"]["accuracy"]
 
 
+def test_a_decoder_classifier_pools_its_last_token(data, tmp_path):
+    result = finetune_classify(model="gpt-nano", train=data["train"], dev=data["dev"], out=str(tmp_path / "run"),
+                               source=src(vocab_size=300, set_=["n_layer=2", "d_model=32", "n_head=2"]),
+                               options=tiny_options(max_steps=80))
+    assert result["dev"]["accuracy"] >= 0.9, result["headline"]
+    assert lmforge.load(tmp_path / "run").config.pooling == "last"
+    with pytest.raises(ConfigError, match="--pooling cls on a decoder"):
+        finetune_classify(model="gpt-nano", train=data["train"], out=str(tmp_path / "x"), pooling="cls",
+                          options=tiny_options())
+
+
 def test_frozen_backbone_stays_unchanged(data, tmp_path):
-    run(data, tmp_path / "run", method="frozen", options=tiny_options(max_steps=20))
+    run(data, tmp_path / "run", method=way("frozen"), options=tiny_options(max_steps=20))
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_json["method"]["trainable"] == 32 * 2 + 2
     first = load_file(str(tmp_path / "run" / "best" / "model.safetensors"))
@@ -87,9 +98,9 @@ def test_pairs_get_segments_and_a_pair_task_is_learned(tmp_path):
         a, b = rng.choice(colors), rng.choice(colors)
         rows.append(("same" if a == b else "diff", a, b))
     train = write_table(tmp_path / "pairs.tsv", rows, ("label", "a", "b"))
-    result = finetune_classify(model="bert-mini", train=train, out=str(tmp_path / "run"), tokenizer=None,
-                               text_column="a", text_pair_column="b", pooling="mean", vocab_size=300,
-                               set_=["n_layer=2", "d_model=48", "n_head=4", "dropout=0"],
+    result = finetune_classify(model="bert-mini", train=train, out=str(tmp_path / "run"),
+                               text_column="a", text_pair_column="b", pooling="mean",
+                               source=src(vocab_size=300, set_=["n_layer=2", "d_model=48", "n_head=4", "dropout=0"]),
                                options=tiny_options(max_steps=200, lr=3e-3, warmup_steps=10))
     assert result["dev"]["accuracy"] >= 0.9, result["headline"]
 
@@ -192,12 +203,12 @@ def test_bad_inputs_are_one_line_errors_naming_file_line_or_option(data, tmp_pat
     dev = write_table(tmp_path / "dev.tsv", [("pos", "good"), ("meh", "fine")])
     with pytest.raises(DataError, match=r"dev.tsv:3: label 'meh' does not occur in the training data"):
         finetune_classify(model="bert-mini", train=data["train"], dev=dev, out=str(tmp_path / "b"),
-                          tokenizer=data["tok"], set_=TINY, options=tiny_options())
+                          source=src(data["tok"], set_=TINY), options=tiny_options())
     with pytest.raises(ConfigError, match="classification needs an encoder or a decoder model.*is an encoder_decoder"):
         finetune_classify(model="transformer-small", train=data["train"], out=str(tmp_path / "c"),
-                          tokenizer=data["tok"], options=tiny_options())
+                          source=src(data["tok"]), options=tiny_options())
     with pytest.raises(ConfigError, match="--lora-targets gate_proj: this model has no linear layer"):
-        run(data, tmp_path / "d", method="lora", lora_targets="q,gate")
+        run(data, tmp_path / "d", method=way("lora", lora_targets="q,gate"))
     with pytest.raises(ConfigError, match="--model nosuch: not a checkpoint"):
         finetune_classify(model="nosuch", train=data["train"], out=str(tmp_path / "e"), options=tiny_options())
     assert not any((tmp_path / n).exists() for n in "bcde")

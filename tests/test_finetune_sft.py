@@ -11,7 +11,7 @@ from lmforge.finetune.evaluate import eval_zero_shot, label_names
 from lmforge.finetune.sft import encode_chat, finetune_sft
 from lmforge.train.logs import read_metrics
 
-from _finetune_data import tiny_options, write_table
+from _finetune_data import src, tiny_options, write_table
 
 NAMES = "anna bob carla dan eva frank gina hugo".split()
 
@@ -48,8 +48,8 @@ def test_the_loss_mask_covers_assistant_turns_and_their_end_token_only():
 def test_sft_lowers_the_assistant_loss_and_follows_the_template(tmp_path):
     train = write_chats(tmp_path / "train.jsonl", chats(300, 0))
     dev = write_chats(tmp_path / "dev.jsonl", chats(20, 1))
-    result = finetune_sft(model="gpt-nano", train=train, dev=dev, out=str(tmp_path / "run"), vocab_size=300,
-                          set_=["n_layer=2", "d_model=64", "n_head=4"], samples=8,
+    result = finetune_sft(model="gpt-nano", train=train, dev=dev, out=str(tmp_path / "run"), samples=8,
+                          source=src(vocab_size=300, set_=["n_layer=2", "d_model=64", "n_head=4"]),
                           options=tiny_options(max_steps=400, lr=3e-3, eval_every=100, max_length=64))
     val = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val"]
     assert val[-1] < 0.5 * val[0] and abs(result["dev_loss"] - min(val)) < 1e-4  # the best checkpoint's dev loss
@@ -78,7 +78,8 @@ def test_sft_bad_inputs(tmp_path):
         read_chats(broken)
     good = write_chats(tmp_path / "good.jsonl", chats(10, 0))
     with pytest.raises(ConfigError, match="chat SFT needs a decoder model.*bert-mini is an encoder"):
-        finetune_sft(model="bert-mini", train=good, out=str(tmp_path / "x"), vocab_size=300, options=tiny_options())
+        finetune_sft(model="bert-mini", train=good, out=str(tmp_path / "x"), source=src(vocab_size=300),
+                     options=tiny_options())
 
 
 def test_zero_shot_picks_the_right_label_on_an_easy_case(tmp_path):

@@ -11,7 +11,7 @@ from lmforge.errors import ConfigError
 from lmforge.finetune.classify import finetune_classify
 from lmforge.finetune.heads import apply_method, with_head
 
-from _finetune_data import TINY, encoder_tokenizer, sentiment_rows, tiny_options, write_table
+from _finetune_data import TINY, encoder_tokenizer, sentiment_rows, src, tiny_options, way, write_table
 
 CFG = dict(vocab_size=97, context_length=32, d_model=32, n_layer=2, n_head=4)
 
@@ -93,8 +93,8 @@ def test_lora_fine_tuning_changes_only_the_adapter_and_head(tmp_path, capsys):
     train = write_table(tmp_path / "train.tsv", sentiment_rows(200, 0))
     tok = tmp_path / "tok"
     encoder_tokenizer().save(tok)
-    finetune_classify(model="bert-mini", train=train, out=str(tmp_path / "run"), tokenizer=str(tok), set_=TINY,
-                      method="lora", lora_rank=4, lora_targets="q,k,v,o", options=tiny_options(max_steps=30))
+    finetune_classify(model="bert-mini", train=train, out=str(tmp_path / "run"), source=src(str(tok), set_=TINY),
+                      method=way("lora", lora_rank=4, lora_targets="q,k,v,o"), options=tiny_options(max_steps=30))
     last = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
     # the initial weights: the same build, seeded the same way
     from lmforge.finetune.runs import load_base

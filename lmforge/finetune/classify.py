@@ -18,11 +18,11 @@ from .. import metrics
 from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
-from .data import Example, check_known_labels, discover_labels, read_examples, split_dev
-from .heads import ARCHS, apply_method, check_arch, init_embeddings, with_head
+from .data import Example, check_known_labels, discover_labels, read_examples
+from .heads import ARCHS, check_arch, init_embeddings, with_head
 from .objectives import Rows, TaskObjective, collate, sorted_chunks, task_logits
-from .runs import FinetuneConfig, Task, eval_mode, load_base, resumed_model, start
-from .runs import resume as resume_run
+from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
+                   resumed_model, train_and_dev)
 
 Pooling = Literal["cls", "mean", "last"]
 COMMAND = "finetune classify"
@@ -111,13 +111,8 @@ def _columns(args: dict[str, Any]) -> list[str]:
 
 def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
     columns = _columns(args)
-    examples = read_examples(args["train"], columns, args["label_column"])
-    if args.get("dev"):
-        dev = read_examples(args["dev"], columns, args["label_column"])
-        dev_source = args["dev"]
-    else:
-        examples, dev = split_dev(examples, args["dev_fraction"], train.seed)
-        dev_source = f"{args['train']} (held-out {args['dev_fraction']:.0%})"
+    examples, dev, dev_source = train_and_dev(args, lambda path: read_examples(path, columns, args["label_column"]),
+                                              train.seed)
     notes: list[str] = []
     if resumed:
         model, tokenizer = resumed_model(resumed, Path(args["out"]))
@@ -128,20 +123,14 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         if len(labels) < 2:
             raise DataError(f"{args['train']}: only one label ({labels[0]!r}) in column {args['label_column']!r}; "
                             "classification needs at least two")
-        base = load_base(args["model"], tokenizer=args.get("tokenizer"),
-                         texts=lambda: (t for ex in examples for t in ex.texts), vocab_size=args["vocab_size"],
-                         set_=args.get("set_"), context=train.max_length, seed=train.seed, notes=notes)
+        base = base_model(args, lambda: (t for ex in examples for t in ex.texts), train, notes)
         check_arch(base.config, ARCHS["classify"], "classification", f"--model {args['model']}")
         model = with_head(base, "classify", labels, pooling=args.get("pooling"), seed=train.seed)
         tokenizer = model.tokenizer
         del base
         if args.get("word_vectors"):
-            info = init_embeddings(model, tokenizer, args["word_vectors"])
-            notes.append(f"embeddings: {info['tokens_set']:,} of {info['vocab']:,} token rows set from "
-                         f"{args['word_vectors']} ({info['coverage']:.1%} of word tokens)")
-        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
-                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
-                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+            notes.append(init_embeddings(model, tokenizer, args["word_vectors"])["note"])
+        method = adapt(model, args)
     check_known_labels(dev, labels, args.get("dev") or args["train"])
     max_length = min(train.max_length, model.config.context_length)
     use_types = model.config.type_vocab_size > 0
@@ -172,17 +161,16 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         report = score(best, dev, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
         metrics.plot_confusion(report["confusion"], labels, out / "confusion_dev.png", f"{out.name}: dev")
         print(metrics.format_classification(report), flush=True)
-        result: dict[str, Any] = {"dev": report, "headline": f"dev accuracy {report['accuracy']:.4f}, macro-F1 "
-                                                             f"{report['macro_f1']:.4f}"}
-        if args.get("test"):
-            test = read_examples(args["test"], columns, args["label_column"])
-            check_known_labels(test, labels, args["test"])
-            result["test"] = score(best, test, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
-            result["headline"] += f"; test accuracy {result['test']['accuracy']:.4f}"
-        return result
+        return {"dev": report, "headline": f"dev accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"}
+
+    def test(best: Transformer, path: str) -> tuple[dict[str, Any], str]:
+        examples = read_examples(path, columns, args["label_column"])
+        check_known_labels(examples, labels, path)
+        report = score(best, examples, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
+        return report, f"test accuracy {report['accuracy']:.4f}"
 
     files = [args["train"]] + [p for p in (args.get("dev"), args.get("word_vectors")) if p]
-    return Task("classify", model, tokenizer, objective, evaluate, True, finish, method, files, notes)
+    return Task("classify", model, tokenizer, objective, evaluate, True, finish, method, files, notes, test)
 
 
 def finetune_classify(
@@ -196,22 +184,15 @@ def finetune_classify(
     text_pair_column: str | None = None,
     label_column: str = "label",
     pooling: Pooling | None = None,
-    method: Literal["full", "frozen", "lora"] = "full",
-    unfreeze_layers: int = 0,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_targets: str = "q,v",
-    lora_dropout: float = 0.0,
     class_weights: Literal["none", "balanced"] = "none",
     stride: int | None = None,
     dev_fraction: float = 0.1,
     metric: Literal["accuracy", "macro_f1"] = "accuracy",
-    tokenizer: str | None = None,
-    vocab_size: int = 8000,
     word_vectors: str | None = None,
-    set_: list[str] | None = None,
     resume: str | None = None,
     overwrite: bool = False,
+    method: MethodConfig | None = None,
+    source: ModelSource | None = None,
     options: FinetuneConfig | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a sequence classifier (single texts or pairs) on a CSV, TSV or JSONL file.
@@ -225,32 +206,17 @@ def finetune_classify(
         text_column: column of the text
         text_pair_column: column of the second text of a pair (e.g. the hypothesis of NLI)
         label_column: column of the label (labels are discovered in the training file)
-        pooling: how a sequence becomes one vector: cls (first token), mean, last (default: the model's, cls)
-        method: full (all weights), frozen (the head, and --unfreeze-layers top layers), lora (adapters + head)
-        unfreeze_layers: with frozen or lora, also train this many top layers
-        lora_rank: LoRA rank
-        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
-        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
-        lora_dropout: dropout on the LoRA input
+        pooling: how a sequence becomes one vector: cls (first token), mean, last (default: the model's; last for decoders)
         class_weights: balanced weighs each class by n / (classes * count) in the loss
         stride: cut long texts into --max-length windows overlapping by this many tokens (logits averaged)
         dev_fraction: share of the training file held out as dev when --dev is not given
         metric: dev metric for the best checkpoint and early stopping (--patience)
-        tokenizer: tokenizer folder (for a preset, or to replace the checkpoint's)
-        vocab_size: vocabulary of the tokenizer trained for a preset when --tokenizer is not given
         word_vectors: GloVe / word2vec text file to initialise the token embeddings (models from scratch)
-        set_: config override for a preset (--set n_layer=2), or dropout for a checkpoint
         resume: a run folder to continue exactly where it stopped
         overwrite: replace a run that already exists in --out
     """
-    options = options or FinetuneConfig()
-    if resume:
-        return resume_run(COMMAND, resume, options, build)
-    if not (model and train and out):
-        raise ConfigError("finetune classify needs --model, --train and --out (or --resume RUN); e.g. lmforge "
-                          "finetune classify --model ./minilm --train train.tsv --dev dev.tsv --out runs/clf")
-    args = {k: v for k, v in locals().items() if k not in ("options",)}
-    return start(COMMAND, args, options, build)
+    return command(COMMAND, locals(), build, ("model", "train", "out"),
+                   "--model ./minilm --train train.tsv --dev dev.tsv --out runs/clf")
 
 
 __all__ = ["finetune_classify", "predict_labels", "score", "encode_examples", "example_logits"]

@@ -65,6 +65,22 @@ def file_kind(path: Path) -> str:
     return "tsv"
 
 
+def json_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, object) of the non-blank lines of a JSONL text; a line that is not a JSON object is an error."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
+        out.append((lineno, record))
+    return out
+
+
 def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """Column names and (line, row) pairs of a TSV (tab-separated, no quoting), CSV (with a header) or JSONL
     file (one object per line)."""
@@ -74,15 +90,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[tuple[int, dict[str, A
     rows: list[tuple[int, dict[str, Any]]] = []
     if kind == "jsonl":
         columns: list[str] = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
+        for lineno, record in json_records(path, text):
             for key in record:
                 if key not in columns:
                     columns.append(key)
@@ -248,14 +256,8 @@ def read_chats(path: str | Path, require_assistant: bool = True) -> list[tuple[i
     """(line, messages) of a JSONL file of {"messages": [{"role": ..., "content": ...}, ...]} records."""
     path = _exists(path)
     out = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
+    for lineno, record in json_records(path, _read_text(path)):
+        messages = record.get("messages")
         if not isinstance(messages, list) or not messages:
             raise DataError(f"{path}:{lineno}: expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}}")
         for m in messages:

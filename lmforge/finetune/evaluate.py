@@ -8,6 +8,7 @@ picks the most likely one.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +16,7 @@ from .. import io as lio
 from .. import metrics
 from ..errors import ConfigError, LmforgeError
 from .data import Example, check_known_labels, check_known_tags, discover_labels, read_examples, read_text_lines
-from .predict import training_option
+from .predict import InferOptions, training_option
 from .runs import load_for_inference, run_info
 
 
@@ -32,11 +33,8 @@ def eval_classify(
     text_column: str | None = None,
     text_pair_column: str | None = None,
     label_column: str | None = None,
-    max_length: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 64,
     out: str | None = None,
-    device: str = "auto",
+    infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 per class and macro, and the confusion matrix of a classifier on labelled data.
 
@@ -46,16 +44,13 @@ def eval_classify(
         text_column: column of the text (default: the training run's)
         text_pair_column: column of the second text of pairs (default: the training run's)
         label_column: column of the gold label (default: the training run's)
-        max_length: tokens per input (default: the training run's)
-        stride: windows over long texts (default: the training run's)
-        batch_size: inputs per forward pass
         out: folder for report.json and confusion.png
-        device: cpu, cuda or auto
     """
     from .classify import score
 
     info = run_info(checkpoint)
-    model = load_for_inference(checkpoint, device)
+    infer = infer or InferOptions()
+    model = load_for_inference(checkpoint, infer.device)
     if model.config.head != "classify":
         raise ConfigError(f"{checkpoint} has a {model.config.head} head, not a classifier; eval classify needs a "
                           "model fine-tuned with `lmforge finetune classify`")
@@ -64,8 +59,8 @@ def eval_classify(
     columns += [pair] if pair else []
     examples = read_examples(data, columns, training_option(info, "label_column", label_column, "label"))
     check_known_labels(examples, model.config.labels, data, "model's")
-    report = score(model, examples, max_length=training_option(info, "max_length", max_length, 128),
-                   stride=training_option(info, "stride", stride, None), batch_size=batch_size)
+    max_length, stride = infer.resolved(info)
+    report = score(model, examples, max_length=max_length, stride=stride, batch_size=infer.batch_size)
     print(metrics.format_classification(report))
     if out:
         metrics.plot_confusion(report["confusion"], report["labels"], Path(out) / "confusion.png", Path(data).name)
@@ -77,42 +72,50 @@ def eval_ner(
     checkpoint: str,
     *,
     data: str,
-    max_length: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 64,
     out: str | None = None,
-    device: str = "auto",
+    infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Entity-level precision, recall and F1 (CoNLL semantics, as seqeval) of a tagger on a CoNLL file.
 
     Args:
         checkpoint: fine-tuning run folder (its best checkpoint) or checkpoint folder
         data: CoNLL file with gold tags
-        max_length: tokens per window (default: the training run's)
-        stride: windows over long sentences (default: the training run's)
-        batch_size: windows per forward pass
         out: folder for report.json
-        device: cpu, cuda or auto
     """
     from .data import read_conll
     from .ner import score
 
     info = run_info(checkpoint)
-    model = load_for_inference(checkpoint, device)
+    infer = infer or InferOptions()
+    model = load_for_inference(checkpoint, infer.device)
     if model.config.head != "tag":
         raise ConfigError(f"{checkpoint} has a {model.config.head} head, not a tagger; eval ner needs a model "
                           "fine-tuned with `lmforge finetune ner`")
     sentences = read_conll(data)
     check_known_tags(sentences, model.config.labels, data)
-    report = score(model, sentences, max_length=training_option(info, "max_length", max_length, 128),
-                   stride=training_option(info, "stride", stride, None), batch_size=batch_size)
+    max_length, stride = infer.resolved(info)
+    report = score(model, sentences, max_length=max_length, stride=stride, batch_size=infer.batch_size)
     print(metrics.format_entities(report))
     _write(out, report)
     return report
 
 
-def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, n: int, *, num_beams: int,
-             max_new_tokens: int | None, batch_size: int, device: str, save: str | None) -> list[str]:
+@dataclass
+class DecodeOptions:
+    """How a seq2seq checkpoint decodes --src for eval bleu / eval rouge."""
+
+    num_beams: int = field(default=1, metadata={"help": "beams of the beam search (1 = greedy)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "new tokens at most per output"})
+    batch_size: int = field(default=64, metadata={"help": "sources per batch"})
+    save_outputs: str | None = field(default=None, metadata={"help": "write the decoded outputs to this file"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+
+
+def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, ref: str,
+             decode: DecodeOptions | None) -> tuple[list[str], list[str]]:
+    """The references and the outputs to score: read from --hyp, or decoded from --src by the checkpoint."""
+    refs = read_text_lines(ref)
+    decode = decode or DecodeOptions()
     if hyp:
         if checkpoint or src:
             raise ConfigError("give either --hyp (outputs to score) or a checkpoint with --src, not both")
@@ -123,31 +126,21 @@ def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, n: int, *
         from .seq2seq import DEFAULT_TEMPLATE, translate
 
         info = run_info(checkpoint)
-        model = load_for_inference(checkpoint, device)
+        model = load_for_inference(checkpoint, decode.device)
         outputs = translate(model, read_text_lines(src), template=training_option(info, "prompt_template", None,
                                                                                     DEFAULT_TEMPLATE),
-                            max_length=training_option(info, "max_length", None, 128), max_new_tokens=max_new_tokens,
-                            num_beams=num_beams, batch_size=batch_size)
-        if save:
-            lio.write_text(save, "".join(o.replace("\n", " ") + "\n" for o in outputs))
-    if len(outputs) != n:
-        raise LmforgeError(f"{len(outputs)} outputs but {n} references; they must pair up line by line")
-    return outputs
+                            max_length=training_option(info, "max_length", None, 128),
+                            max_new_tokens=decode.max_new_tokens, num_beams=decode.num_beams,
+                            batch_size=decode.batch_size)
+        if decode.save_outputs:
+            lio.write_text(decode.save_outputs, "".join(o.replace("\n", " ") + "\n" for o in outputs))
+    if len(outputs) != len(refs):
+        raise LmforgeError(f"{len(outputs)} outputs but {len(refs)} references; they must pair up line by line")
+    return outputs, refs
 
 
-def eval_bleu(
-    checkpoint: str | None = None,
-    *,
-    ref: str,
-    src: str | None = None,
-    hyp: str | None = None,
-    num_beams: int = 4,
-    max_new_tokens: int | None = None,
-    batch_size: int = 64,
-    tokenize: str = "13a",
-    save_outputs: str | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
+def eval_bleu(checkpoint: str | None = None, *, ref: str, src: str | None = None, hyp: str | None = None,
+              tokenize: str = "13a", decode: DecodeOptions | None = None) -> dict[str, Any]:
     """Corpus BLEU (sacrebleu) of a seq2seq model decoding --src, or of a file of outputs (--hyp), against --ref.
 
     Args:
@@ -155,34 +148,17 @@ def eval_bleu(
         ref: reference file, one line per source line
         src: source file to decode
         hyp: outputs to score instead of decoding
-        num_beams: beams of the beam search (1 = greedy)
-        max_new_tokens: new tokens at most per output
-        batch_size: sources per batch
         tokenize: sacrebleu tokenizer (13a, intl, zh, char, none)
-        save_outputs: write the decoded outputs to this file
-        device: cpu, cuda or auto
     """
-    refs = read_text_lines(ref)
-    outputs = _outputs(checkpoint, src, hyp, len(refs), num_beams=num_beams, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, device=device, save=save_outputs)
+    outputs, refs = _outputs(checkpoint, src, hyp, ref, decode)
     result = metrics.bleu(outputs, refs, tokenize=tokenize)
     print(f"BLEU {result['bleu']:.2f}  ({'/'.join(f'{p:.1f}' for p in result['precisions'])}, BP {result['bp']:.3f}, "
           f"{len(refs)} lines)  {result['signature']}")
     return result
 
 
-def eval_rouge(
-    checkpoint: str | None = None,
-    *,
-    ref: str,
-    src: str | None = None,
-    hyp: str | None = None,
-    num_beams: int = 1,
-    max_new_tokens: int | None = None,
-    batch_size: int = 64,
-    save_outputs: str | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
+def eval_rouge(checkpoint: str | None = None, *, ref: str, src: str | None = None, hyp: str | None = None,
+               decode: DecodeOptions | None = None) -> dict[str, Any]:
     """ROUGE-1, ROUGE-2 and ROUGE-L F-measures (mean over lines) of a seq2seq model decoding --src, or of --hyp.
 
     Args:
@@ -190,15 +166,8 @@ def eval_rouge(
         ref: reference file, one line per source line
         src: source file to decode
         hyp: outputs to score instead of decoding
-        num_beams: beams of the beam search (1 = greedy)
-        max_new_tokens: new tokens at most per output
-        batch_size: sources per batch
-        save_outputs: write the decoded outputs to this file
-        device: cpu, cuda or auto
     """
-    refs = read_text_lines(ref)
-    outputs = _outputs(checkpoint, src, hyp, len(refs), num_beams=num_beams, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, device=device, save=save_outputs)
+    outputs, refs = _outputs(checkpoint, src, hyp, ref, decode)
     result = metrics.rouge(outputs, refs)
     print(f"ROUGE-1 {100 * result['rouge1']:.2f}  ROUGE-2 {100 * result['rouge2']:.2f}  ROUGE-L "
           f"{100 * result['rougeL']:.2f}  (F-measure, mean of {len(refs)} lines)")
@@ -307,4 +276,4 @@ def eval_zero_shot(
     return report
 
 
-__all__ = ["eval_classify", "eval_ner", "eval_bleu", "eval_rouge", "eval_zero_shot", "label_names"]
+__all__ = ["eval_classify", "eval_ner", "eval_bleu", "eval_rouge", "eval_zero_shot", "label_names", "DecodeOptions"]

@@ -37,11 +37,16 @@ def with_head(model: Transformer, head: Literal["classify", "tag"], labels: Sequ
               seed: int = 0) -> Transformer:
     """A copy of `model` with a classification or tagging head for `labels` (the backbone weights copied, the
     head newly initialised with `seed`). With `pooling` cls, BERT's pooler is kept where the source has one
-    (BertForSequenceClassification's head); `pooler` forces it on or off."""
+    (BertForSequenceClassification's head); `pooler` forces it on or off. Decoders pool the last token by default."""
     source = model.config
     if source.lora:
         raise ConfigError("the model carries a LoRA adapter; merge it first (lmforge lora merge) to fine-tune it again")
     labels = [str(x) for x in labels]
+    if source.arch == "decoder":  # under causal attention only the last token has seen the whole text
+        pooling = pooling or "last"
+        if pooling == "cls" and head == "classify":
+            raise ConfigError("--pooling cls on a decoder pools the first token, which sees nothing after itself; "
+                              "use --pooling last or mean")
     pooling = pooling or source.pooling
     if pooler is None:
         pooler = bool(source.pooler or source.nsp_head) and pooling == "cls" and head == "classify"
@@ -194,8 +199,11 @@ def init_embeddings(model: Transformer, tokenizer, path: str | Path, lowercase_f
     scale = target_std / max(float(stacked.std()), 1e-8)
     index = torch.tensor(list(found), dtype=torch.long, device=emb.device)
     emb.index_copy_(0, index, (stacked * scale).to(emb.dtype).to(emb.device))
+    coverage = len(found) / max(len(words), 1)
     return {"vectors_file": str(path), "vector_dim": dim, "tokens_set": len(found), "vocab": tokenizer.vocab_size,
-            "coverage": len(found) / max(len(words), 1), "scale": scale if math.isfinite(scale) else None}
+            "coverage": coverage, "scale": scale if math.isfinite(scale) else None,
+            "note": f"embeddings: {len(found):,} of {tokenizer.vocab_size:,} token rows set from {path} "
+                    f"({coverage:.1%} of word-initial tokens)"}
 
 
 __all__ = ["with_head", "apply_method", "restore_method", "check_arch", "top_layers", "read_word_vectors",

@@ -20,11 +20,11 @@ from .. import metrics
 from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
-from .data import Sentence, check_known_tags, read_conll, split_dev, tag_labels
-from .heads import ARCHS, apply_method, check_arch, init_embeddings, with_head
+from .data import Sentence, check_known_tags, read_conll, tag_labels
+from .heads import ARCHS, check_arch, init_embeddings, with_head
 from .objectives import Rows, TaskObjective, collate, sorted_chunks, task_logits
-from .runs import FinetuneConfig, Task, eval_mode, load_base, resumed_model, start
-from .runs import resume as resume_run
+from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
+                   resumed_model, train_and_dev)
 
 COMMAND = "finetune ner"
 
@@ -145,13 +145,7 @@ def score(model: Transformer, sentences: Sequence[Sentence], *, max_length: int,
 
 
 def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    sentences = read_conll(args["train"])
-    if args.get("dev"):
-        dev = read_conll(args["dev"])
-        dev_source = args["dev"]
-    else:
-        sentences, dev = split_dev(sentences, args["dev_fraction"], train.seed)
-        dev_source = f"{args['train']} (held-out {args['dev_fraction']:.0%})"
+    sentences, dev, dev_source = train_and_dev(args, read_conll, train.seed)
     notes: list[str] = []
     if resumed:
         model, tokenizer = resumed_model(resumed, Path(args["out"]))
@@ -161,19 +155,14 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         tags = tag_labels(sentences)
         if len(tags) < 2:
             raise DataError(f"{args['train']}: only the tag {tags[0]!r} occurs; NER needs entity tags (B-X, I-X)")
-        base = load_base(args["model"], tokenizer=args.get("tokenizer"),
-                         texts=lambda: (" ".join(s.words) for s in sentences), vocab_size=args["vocab_size"],
-                         set_=args.get("set_"), context=train.max_length, seed=train.seed, notes=notes)
+        base = base_model(args, lambda: (" ".join(s.words) for s in sentences), train, notes)
         check_arch(base.config, ARCHS["tag"], "NER (token classification)", f"--model {args['model']}")
         model = with_head(base, "tag", tags, seed=train.seed)
         tokenizer = model.tokenizer
         del base
         if args.get("word_vectors"):
-            info = init_embeddings(model, tokenizer, args["word_vectors"])
-            notes.append(f"embeddings: {info['tokens_set']:,} token rows set from {args['word_vectors']}")
-        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
-                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
-                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+            notes.append(init_embeddings(model, tokenizer, args["word_vectors"])["note"])
+        method = adapt(model, args)
     check_known_tags(dev, tags, args.get("dev") or args["train"])
     max_length = min(train.max_length, model.config.context_length)
     use_types = model.config.type_vocab_size > 0
@@ -203,17 +192,17 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
     def finish(best: Transformer, out: Path) -> dict[str, Any]:
         report = score(best, dev, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
         print(metrics.format_entities(report), flush=True)
-        result: dict[str, Any] = {"dev": report, "headline": f"dev entity F1 {report['f1']:.4f} (precision "
-                                                             f"{report['precision']:.4f}, recall {report['recall']:.4f})"}
-        if args.get("test"):
-            test = read_conll(args["test"])
-            check_known_tags(test, tags, args["test"])
-            result["test"] = score(best, test, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
-            result["headline"] += f"; test entity F1 {result['test']['f1']:.4f}"
-        return result
+        return {"dev": report, "headline": f"dev entity F1 {report['f1']:.4f} (precision {report['precision']:.4f}, "
+                                           f"recall {report['recall']:.4f})"}
+
+    def test(best: Transformer, path: str) -> tuple[dict[str, Any], str]:
+        sentences = read_conll(path)
+        check_known_tags(sentences, tags, path)
+        report = score(best, sentences, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
+        return report, f"test entity F1 {report['f1']:.4f}"
 
     files = [args["train"]] + [p for p in (args.get("dev"), args.get("word_vectors")) if p]
-    return Task("ner", model, tokenizer, objective, evaluate, True, finish, method, files, notes)
+    return Task("ner", model, tokenizer, objective, evaluate, True, finish, method, files, notes, test)
 
 
 def finetune_ner(
@@ -223,21 +212,14 @@ def finetune_ner(
     dev: str | None = None,
     test: str | None = None,
     out: str | None = None,
-    method: Literal["full", "frozen", "lora"] = "full",
-    unfreeze_layers: int = 0,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_targets: str = "q,v",
-    lora_dropout: float = 0.0,
     class_weights: Literal["none", "balanced"] = "none",
     stride: int | None = None,
     dev_fraction: float = 0.1,
-    tokenizer: str | None = None,
-    vocab_size: int = 8000,
     word_vectors: str | None = None,
-    set_: list[str] | None = None,
     resume: str | None = None,
     overwrite: bool = False,
+    method: MethodConfig | None = None,
+    source: ModelSource | None = None,
     options: FinetuneConfig | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a token classifier (NER, BIO tags) on CoNLL files (token<TAB>tag, blank line between sentences).
@@ -248,30 +230,15 @@ def finetune_ner(
         dev: dev CoNLL file (default: a seeded --dev-fraction of the training sentences)
         test: test CoNLL file scored with the best checkpoint at the end
         out: run folder
-        method: full (all weights), frozen (the head, and --unfreeze-layers top layers), lora (adapters + head)
-        unfreeze_layers: with frozen or lora, also train this many top layers
-        lora_rank: LoRA rank
-        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
-        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
-        lora_dropout: dropout on the LoRA input
         class_weights: balanced weighs each tag by n / (tags * count) in the loss
         stride: cut long sentences into --max-length windows overlapping by this many tokens
         dev_fraction: share of the training sentences held out as dev when --dev is not given
-        tokenizer: tokenizer folder (for a preset, or to replace the checkpoint's)
-        vocab_size: vocabulary of the tokenizer trained for a preset when --tokenizer is not given
         word_vectors: GloVe / word2vec text file to initialise the token embeddings (models from scratch)
-        set_: config override for a preset (--set n_layer=2), or dropout for a checkpoint
         resume: a run folder to continue exactly where it stopped
         overwrite: replace a run that already exists in --out
     """
-    options = options or FinetuneConfig()
-    if resume:
-        return resume_run(COMMAND, resume, options, build)
-    if not (model and train and out):
-        raise ConfigError("finetune ner needs --model, --train and --out (or --resume RUN); e.g. lmforge finetune "
-                          "ner --model ./minilm --train train.conll --dev dev.conll --out runs/ner")
-    args = {k: v for k, v in locals().items() if k not in ("options",)}
-    return start(COMMAND, args, options, build)
+    return command(COMMAND, locals(), build, ("model", "train", "out"),
+                   "--model ./minilm --train train.conll --dev dev.conll --out runs/ner")
 
 
 __all__ = ["finetune_ner", "predict_tags", "score", "encode_sentences", "special_frame"]

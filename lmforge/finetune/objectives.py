@@ -123,23 +123,24 @@ def sorted_chunks(lengths: Sequence[int], size: int) -> Iterator[list[int]]:
         yield order[start:start + size]
 
 
-class TaskObjective(Objective):
-    """Cross-entropy of a classification or tagging head; the target count is the sum of class weights (the
-    number of targets without weights), so the loop's normalisation gives the weighted mean."""
+class RowsObjective(Objective):
+    """Batches of `Rows` in bucketed epoch order; the dev rows longest first. Subclasses give `_collate` and the loss."""
 
     def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
-                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0, bucket: bool = True) -> None:
+                 label_smoothing: float = 0.0, bucket: bool = True) -> None:
         self.name = name
         self.train, self.dev, self.pad_id = train, dev, pad_id
         self.order = BucketOrder(train.lengths, batch_size, seed, bucket=bucket)
-        self.weights = class_weights
         self.label_smoothing = label_smoothing
+
+    def _collate(self, rows: Rows, index: Sequence[int]) -> Batch:
+        return collate(rows, index, self.pad_id)
 
     def samples_per_epoch(self) -> int:
         return self.order.per_epoch
 
     def batch(self, first: int, size: int) -> Batch:
-        return collate(self.train, self.order.indices(first, size), self.pad_id)
+        return self._collate(self.train, self.order.indices(first, size))
 
     def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
         if self.dev is None or not len(self.dev):
@@ -147,7 +148,17 @@ class TaskObjective(Objective):
         for n, chunk in enumerate(sorted_chunks(self.dev.lengths, size)):
             if limit and n >= limit:
                 return
-            yield collate(self.dev, chunk, self.pad_id)
+            yield self._collate(self.dev, chunk)
+
+
+class TaskObjective(RowsObjective):
+    """Cross-entropy of a classification or tagging head; the target count is the sum of class weights (the
+    number of targets without weights), so the loop's normalisation gives the weighted mean."""
+
+    def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
+                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0, bucket: bool = True) -> None:
+        super().__init__(name, train, dev, pad_id, seed, batch_size, label_smoothing, bucket)
+        self.weights = class_weights
 
     def count(self, batch: Batch) -> torch.Tensor:
         labels = batch["labels"]
@@ -169,34 +180,13 @@ class TaskObjective(Objective):
         return int(batch["attention_mask"].sum())
 
 
-class CausalObjective(Objective):
+class CausalObjective(RowsObjective):
     """Next-token loss on rows of (ids, loss mask): row i predicts ids[t + 1] where mask[t + 1] is set."""
-
-    def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
-                 label_smoothing: float = 0.0, bucket: bool = True) -> None:
-        self.name = name
-        self.train, self.dev, self.pad_id = train, dev, pad_id
-        self.order = BucketOrder(train.lengths, batch_size, seed, bucket=bucket)
-        self.label_smoothing = label_smoothing
-
-    def samples_per_epoch(self) -> int:
-        return self.order.per_epoch
 
     def _collate(self, rows: Rows, index: Sequence[int]) -> Batch:
         ids = [rows.ids[i] for i in index]
         targets = [np.where(rows.labels[i][1:] > 0, rows.ids[i][1:], -100) for i in index]
         return {"input_ids": pad_rows([x[:-1] for x in ids], self.pad_id), "labels": pad_rows(targets, -100)}
-
-    def batch(self, first: int, size: int) -> Batch:
-        return self._collate(self.train, self.order.indices(first, size))
-
-    def eval_batches(self, size: int, limit: int | None) -> Iterator[Batch]:
-        if self.dev is None or not len(self.dev):
-            return
-        for n, chunk in enumerate(sorted_chunks(self.dev.lengths, size)):
-            if limit and n >= limit:
-                return
-            yield self._collate(self.dev, chunk)
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         # right padding needs no mask under causal attention: padding never precedes a real token
@@ -242,5 +232,6 @@ class PairObjective(Seq2Seq):
         return self._collate([self.train.pair(i) for i in self.order.indices(first, size)])
 
 
-__all__ = ["BucketOrder", "Rows", "collate", "task_logits", "sorted_chunks", "TaskObjective", "CausalObjective",
+__all__ = ["BucketOrder", "Rows", "collate", "task_logits", "sorted_chunks", "RowsObjective", "TaskObjective",
+           "CausalObjective",
            "ListPairs", "PairObjective"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,22 @@ from ..errors import ConfigError, LmforgeError
 from ..model import Transformer
 from .data import Example, Sentence, file_kind, read_chats, read_conll, read_table, read_text_lines
 from .runs import load_for_inference, run_info
+
+
+@dataclass
+class InferOptions:
+    """How a fine-tuned model reads its inputs; defaults come from the training run."""
+
+    max_length: int | None = field(default=None, metadata={"help": "tokens per input (default: the training run's)"})
+    stride: int | None = field(default=None, metadata={"help": "windows over long inputs, overlapping by this many "
+                                                                "tokens (default: the training run's)"})
+    batch_size: int = field(default=64, metadata={"help": "inputs per forward pass"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+
+    def resolved(self, info: dict[str, Any]) -> tuple[int, int | None]:
+        """--max-length and --stride, from the run where not given."""
+        return (training_option(info, "max_length", self.max_length, 128),
+                training_option(info, "stride", self.stride, None))
 
 
 def task_of(model: Transformer, info: dict[str, Any]) -> str:
@@ -72,12 +89,9 @@ def predict(
     out: str,
     text_column: str | None = None,
     text_pair_column: str | None = None,
-    max_length: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 64,
     num_beams: int = 1,
     max_new_tokens: int | None = None,
-    device: str = "auto",
+    infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Predict with a fine-tuned model: labels for a table, tags for CoNLL tokens, outputs for source lines,
     replies for chat conversations.
@@ -88,20 +102,17 @@ def predict(
         out: output file (classify: its extension chooses TSV, CSV or JSONL)
         text_column: column of the text (default: the training run's)
         text_pair_column: column of the second text of a pair (default: the training run's)
-        max_length: tokens per input (default: the training run's)
-        stride: windows over long inputs, overlapping by this many tokens (default: the training run's)
-        batch_size: inputs per forward pass
         num_beams: seq2seq: beams of the beam search (1 = greedy)
         max_new_tokens: seq2seq and chat: new tokens at most per output
-        device: cpu, cuda or auto
     """
     info = run_info(checkpoint)
-    model = load_for_inference(checkpoint, device)
+    infer = infer or InferOptions()
+    model = load_for_inference(checkpoint, infer.device)
     if model.tokenizer is None:
         raise LmforgeError(f"{checkpoint} has no tokenizer; it cannot read text")
     task = task_of(model, info)
-    max_length = training_option(info, "max_length", max_length, 128)
-    stride = training_option(info, "stride", stride, None)
+    max_length, stride = infer.resolved(info)
+    batch_size = infer.batch_size
     out_path = Path(out)
     if task == "classify":
         from .classify import predict_labels
@@ -165,4 +176,4 @@ def predict(
     return {"task": task, "count": count, "out": str(out_path)}
 
 
-__all__ = ["predict", "task_of", "write_table", "read_sentences"]
+__all__ = ["predict", "task_of", "write_table", "read_sentences", "InferOptions"]

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
 from .. import __version__
 from .. import io as lio
 from ..checkpoint import load as load_checkpoint
+from ..metrics import save_figure
 from ..config import PRESETS, ModelConfig, parse_overrides
 from ..errors import ConfigError, DataError, LmforgeError
 from ..model import Transformer
@@ -27,8 +27,8 @@ from ..train.objectives import Objective
 from ..train.options import TrainConfig
 from ..train.pretrain import build_config, check_out_folder, read_run
 from ..train.trainer import Trainer, native_bf16, setup_distributed
-from .data import sha256_files
-from .heads import restore_method
+from .data import sha256_files, split_dev
+from .heads import apply_method, restore_method
 
 EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv")
 
@@ -54,6 +54,33 @@ class FinetuneConfig(TrainConfig):
 
 
 @dataclass
+class MethodConfig:
+    """What trains; the command line expands it into --method, --unfreeze-layers and the --lora-* options."""
+
+    method: Literal["full", "frozen", "lora"] = field(default="full", metadata={
+        "help": "full (every weight), frozen (the task head, plus --unfreeze-layers top blocks), lora (LoRA adapters "
+                "on --lora-targets, plus the task head)"})
+    unfreeze_layers: int = field(default=0, metadata={"help": "with frozen or lora, also train this many top blocks"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank)"})
+    lora_targets: str = field(default="q,v", metadata={"help": "comma-separated linear layers to adapt: q,k,v,o,gate,"
+                                                                "up,down or full names (q_proj)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+
+
+@dataclass
+class ModelSource:
+    """Where the model's tokenizer and shape come from when --model is a preset (trained from scratch)."""
+
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (for a preset, or to replace the "
+                                                                   "checkpoint's)"})
+    vocab_size: int = field(default=8000, metadata={"help": "vocabulary of the BPE tokenizer trained on the training "
+                                                            "texts for a preset without --tokenizer"})
+    set_: list[str] = field(default_factory=list, metadata={"help": "config override for a preset (--set n_layer=4), "
+                                                                    "or dropout for a checkpoint"})
+
+
+@dataclass
 class Task:
     """One fine-tuning task, ready for the loop."""
 
@@ -67,6 +94,7 @@ class Task:
     method: dict[str, Any]
     data_files: list[str]
     notes: list[str] = field(default_factory=list)
+    test: Callable[[Transformer, str], tuple[dict[str, Any], str]] | None = None  # --test FILE: (report, headline)
 
 
 # ---- models ----------------------------------------------------------------------------------------------
@@ -119,6 +147,47 @@ def load_base(spec: str, *, tokenizer: str | None = None, texts: Callable[[], It
     return model
 
 
+def base_model(args: dict[str, Any], texts: Callable[[], Iterable[str]], train: TrainConfig, notes: list[str],
+               objective: str = "clm") -> Transformer:
+    """`load_base` with the run's --model, --tokenizer, --vocab-size and --set."""
+    return load_base(args["model"], tokenizer=args.get("tokenizer"), texts=texts, vocab_size=args["vocab_size"],
+                     set_=args.get("set_"), objective=objective, context=train.max_length, seed=train.seed, notes=notes)
+
+
+def adapt(model: Transformer, args: dict[str, Any]) -> dict[str, Any]:
+    """Apply the run's --method (and LoRA options) to the model; returns the method summary for run.json."""
+    return apply_method(model, **args["method"])
+
+
+def train_and_dev(args: dict[str, Any], read: Callable[[str], list], seed: int) -> tuple[list, list, str]:
+    """The training items and the dev items: from --dev, else a seeded --dev-fraction of the training file."""
+    items = read(args["train"])
+    if args.get("dev"):
+        return items, read(args["dev"]), args["dev"]
+    items, dev = split_dev(items, args["dev_fraction"], seed)
+    return items, dev, f"{args['train']} (held-out {args['dev_fraction']:.0%})"
+
+
+def command(name: str, params: dict[str, Any], build: Callable[[dict[str, Any], FinetuneConfig, dict | None], Task],
+            required: Sequence[str], example: str) -> dict[str, Any]:
+    """The body of every `lmforge finetune <task>` entry: --resume, or a new run from the entry's parameters
+    (`MethodConfig` and `ModelSource` flattened into run.json's args)."""
+    params = dict(params)
+    options = params.pop("options", None) or FinetuneConfig()
+    if params.get("resume"):
+        return resume(name, params["resume"], options, build)
+    missing = [k for k in required if not params.get(k)]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in required)
+        raise ConfigError(f"{name} needs {flags} (or --resume RUN); missing {', '.join('--' + k.replace('_', '-') for k in missing)}; "
+                          f"e.g. lmforge {name} {example}")
+    source = params.pop("source", None) or ModelSource()
+    params["method"] = asdict(params.get("method") or MethodConfig())
+    args = {**params, **asdict(source)}
+    args["set_"] = list(args.get("set_") or [])
+    return start(name, args, options, build)
+
+
 def resumed_model(info: dict[str, Any], out: Path, train_prefixes: tuple[str, ...] = ()) -> tuple[Transformer, Tokenizer]:
     """The model of a run being resumed, as it was built (head, adapter, frozen parts); the loop loads its weights."""
     config = ModelConfig.from_dict(info["model_config"])
@@ -148,15 +217,6 @@ def eval_mode(model: torch.nn.Module):
 
 # ---- runs ------------------------------------------------------------------------------------------------
 
-def _clear(out: Path) -> None:
-    for name in EXTRA_FILES:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 def start(command: str, args: dict[str, Any], train: FinetuneConfig,
           build: Callable[[dict[str, Any], FinetuneConfig, dict | None], Task]) -> dict[str, Any]:
     """A new fine-tuning run in args["out"]."""
@@ -165,9 +225,7 @@ def start(command: str, args: dict[str, Any], train: FinetuneConfig,
     out = Path(args["out"])
     dist = setup_distributed()
     if dist.main:
-        check_out_folder(out, bool(args.get("overwrite")))
-        if args.get("overwrite") and out.exists():
-            _clear(out)
+        check_out_folder(out, bool(args.get("overwrite")), extra=EXTRA_FILES)
     dist.barrier()
     torch.manual_seed(train.seed)
     task = build(args, train, None)
@@ -222,13 +280,16 @@ def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[
     if not trainer.dist.main:
         return summary
     best = load_checkpoint(out)
+    args = lio.read_json(out / "run.json").get("args", {}) if (out / "run.json").exists() else {}
     if best.config.lora:
         from ..adapters.lora import save_adapter
 
-        args = lio.read_json(out / "run.json").get("args", {}) if (out / "run.json").exists() else {}
         save_adapter(best, out / "adapter", base=args.get("model"))
     plot_dev_metric(out / "metrics.jsonl", out / "dev_metric.png", out.name)
     report = task.finish(best, out)
+    if args.get("test") and task.test is not None:
+        report["test"], headline = task.test(best, args["test"])
+        report["headline"] = f"{report.get('headline', '')}; {headline}"
     report = {"task": task.name, "best_step": summary["best_step"], "steps": summary["steps"],
               "seconds": summary["seconds"], "method": task.method, **report}
     lio.write_json(out / "report.json", report)
@@ -247,8 +308,6 @@ def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     rows = [r for r in read_metrics(metrics) if r.get("split") == "val" and isinstance(r.get("value"), (int, float))]
     if not rows:
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,13 +322,7 @@ def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     ax.set_ylabel(f"dev {rows[-1].get('metric', 'metric')}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    with lio.atomic_write(png, "wb") as f:
-        f.write(buf.getvalue())
-    return png
+    return save_figure(fig, png)
 
 
 def run_info(path: str | Path) -> dict[str, Any]:
@@ -294,5 +347,5 @@ def load_for_inference(checkpoint: str, device: str = "auto") -> Transformer:
     return model.eval()
 
 
-__all__ = ["FinetuneConfig", "Task", "load_base", "resumed_model", "start", "resume", "execute", "eval_mode",
+__all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Task", "command", "base_model", "adapt", "train_and_dev", "load_base", "resumed_model", "start", "resume", "execute", "eval_mode",
            "inference_autocast", "run_info", "load_for_inference", "plot_dev_metric"]

@@ -26,10 +26,10 @@ from ..errors import ConfigError, LmforgeError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import read_aligned, split_dev
-from .heads import apply_method, check_arch
+from .heads import check_arch
 from .objectives import CausalObjective, ListPairs, PairObjective, Rows
-from .runs import FinetuneConfig, Task, eval_mode, is_model_path, load_base, resumed_model, start
-from .runs import resume as resume_run
+from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode, is_model_path,
+                   resumed_model)
 
 COMMAND = "finetune seq2seq"
 DEFAULT_TEMPLATE = "{source}\n"
@@ -115,9 +115,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         model, tokenizer = resumed_model(resumed, Path(args["out"]))
         method = resumed["method"]
     else:
-        model = load_base(args["model"], tokenizer=args.get("tokenizer"), texts=lambda: (x for p in pairs for x in p),
-                          vocab_size=args["vocab_size"], set_=args.get("set_"), objective="seq2seq",
-                          context=train.max_length, seed=train.seed, notes=notes)
+        model = base_model(args, lambda: (x for p in pairs for x in p), train, notes, objective="seq2seq")
         check_arch(model.config, ("encoder_decoder", "decoder"), "seq2seq", f"--model {args['model']}")
         if model.config.head != "lm":
             raise ConfigError(f"--model {args['model']} has a {model.config.head} head; seq2seq needs a language-model "
@@ -126,9 +124,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         if not is_model_path(args["model"]) and train.lr < 1e-4:
             notes.append(f"note: --lr {train.lr:g} is a fine-tuning rate; a model trained from a preset usually "
                          "wants about 1e-3 (with --warmup-steps of a few hundred)")
-        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
-                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
-                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+        method = adapt(model, args)
     max_length = min(train.max_length, model.config.context_length)
     eos = _eos(tokenizer, model)
     template = args["prompt_template"]
@@ -189,18 +185,11 @@ def finetune_seq2seq(
     metric: Literal["bleu", "loss"] = "bleu",
     eval_samples: int = 200,
     num_beams: int = 1,
-    method: Literal["full", "frozen", "lora"] = "full",
-    unfreeze_layers: int = 0,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_targets: str = "q,v",
-    lora_dropout: float = 0.0,
     dev_fraction: float = 0.05,
-    tokenizer: str | None = None,
-    vocab_size: int = 8000,
-    set_: list[str] | None = None,
     resume: str | None = None,
     overwrite: bool = False,
+    method: MethodConfig | None = None,
+    source: ModelSource | None = None,
     options: FinetuneConfig | None = None,
 ) -> dict[str, Any]:
     """Train or fine-tune a seq2seq model on aligned source/target files (one sentence per line, .gz allowed).
@@ -216,30 +205,14 @@ def finetune_seq2seq(
         metric: dev metric for the best checkpoint and early stopping: BLEU of greedy decoding, or the loss
         eval_samples: dev pairs decoded at each evaluation (0 = all)
         num_beams: beams for decoding the whole dev set with the best checkpoint at the end
-        method: full (all weights), frozen (only --unfreeze-layers top layers), lora (adapters)
-        unfreeze_layers: with frozen or lora, also train this many top layers
-        lora_rank: LoRA rank
-        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
-        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
-        lora_dropout: dropout on the LoRA input
         dev_fraction: share of the training pairs held out as dev when no dev files are given
-        tokenizer: tokenizer folder (for a preset, or to replace the checkpoint's)
-        vocab_size: vocabulary of the shared BPE tokenizer trained for a preset when --tokenizer is not given
-        set_: config override for a preset (--set n_layer=4), or dropout for a checkpoint
         resume: a run folder to continue exactly where it stopped
         overwrite: replace a run that already exists in --out
     """
-    options = options or FinetuneConfig()
-    if resume:
-        return resume_run(COMMAND, resume, options, build)
-    if not (model and train_src and train_tgt and out):
-        raise ConfigError("finetune seq2seq needs --model, --train-src, --train-tgt and --out (or --resume RUN); e.g. "
-                          "lmforge finetune seq2seq --model transformer-small --train-src train.en --train-tgt train.de "
-                          "--out runs/mt")
     if num_beams < 1 or eval_samples < 0:
         raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
-    args = {k: v for k, v in locals().items() if k not in ("options",)}
-    return start(COMMAND, args, options, build)
+    return command(COMMAND, locals(), build, ("model", "train_src", "train_tgt", "out"),
+                   "--model transformer-small --train-src train.en --train-tgt train.de --out runs/mt --lr 1e-3")
 
 
 __all__ = ["finetune_seq2seq", "translate", "score", "causal_rows", "source_ids"]

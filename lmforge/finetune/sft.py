@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -22,11 +22,11 @@ from .. import io as lio
 from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
-from .data import read_chats, split_dev
-from .heads import apply_method, check_arch
+from .data import read_chats
+from .heads import check_arch
 from .objectives import CausalObjective, Rows
-from .runs import FinetuneConfig, Task, eval_mode, load_base, resumed_model, start
-from .runs import resume as resume_run
+from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
+                   resumed_model, train_and_dev)
 
 COMMAND = "finetune sft"
 
@@ -115,21 +115,13 @@ def prompt_part(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]
 
 
 def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    chats = read_chats(args["train"])
-    if args.get("dev"):
-        dev = read_chats(args["dev"])
-        dev_source = args["dev"]
-    else:
-        chats, dev = split_dev(chats, args["dev_fraction"], train.seed)
-        dev_source = f"{args['train']} (held-out {args['dev_fraction']:.0%})"
+    chats, dev, dev_source = train_and_dev(args, read_chats, train.seed)
     notes: list[str] = []
     if resumed:
         model, tokenizer = resumed_model(resumed, Path(args["out"]))
         method = resumed["method"]
     else:
-        model = load_base(args["model"], tokenizer=args.get("tokenizer"),
-                          texts=lambda: (m["content"] for _, c in chats for m in c), vocab_size=args["vocab_size"],
-                          set_=args.get("set_"), context=train.max_length, seed=train.seed, notes=notes)
+        model = base_model(args, lambda: (m["content"] for _, c in chats for m in c), train, notes)
         check_arch(model.config, ("decoder",), "chat SFT", f"--model {args['model']}")
         if model.config.head != "lm":
             raise ConfigError(f"--model {args['model']} has a {model.config.head} head; SFT needs a language model")
@@ -140,9 +132,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         if tokenizer.chat_template is None and missing:
             notes.append(f"note: {', '.join(missing)} are not single tokens of this vocabulary; they are learned as "
                          "text")
-        method = apply_method(model, args["method"], unfreeze_layers=args["unfreeze_layers"],
-                              lora_rank=args["lora_rank"], lora_alpha=args["lora_alpha"],
-                              lora_targets=args["lora_targets"], lora_dropout=args["lora_dropout"])
+        method = adapt(model, args)
     max_length = min(train.max_length, model.config.context_length)
     train_rows, dropped = chat_rows(tokenizer, chats, max_length, args["train"])
     dev_rows, _ = chat_rows(tokenizer, dev, max_length, args.get("dev") or args["train"])
@@ -190,20 +180,13 @@ def finetune_sft(
     train: str | None = None,
     dev: str | None = None,
     out: str | None = None,
-    method: Literal["full", "frozen", "lora"] = "full",
-    unfreeze_layers: int = 0,
-    lora_rank: int = 8,
-    lora_alpha: float = 16.0,
-    lora_targets: str = "q,v",
-    lora_dropout: float = 0.0,
     dev_fraction: float = 0.05,
     samples: int = 8,
     sample_tokens: int = 64,
-    tokenizer: str | None = None,
-    vocab_size: int = 8000,
-    set_: list[str] | None = None,
     resume: str | None = None,
     overwrite: bool = False,
+    method: MethodConfig | None = None,
+    source: ModelSource | None = None,
     options: FinetuneConfig | None = None,
 ) -> dict[str, Any]:
     """Supervised fine-tuning of a decoder on chat conversations, with the loss on assistant turns only.
@@ -213,29 +196,14 @@ def finetune_sft(
         train: JSONL file of {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}
         dev: dev JSONL file (default: a seeded --dev-fraction of the training conversations)
         out: run folder
-        method: full (all weights), frozen (only --unfreeze-layers top layers), lora (adapters)
-        unfreeze_layers: with frozen or lora, also train this many top layers
-        lora_rank: LoRA rank
-        lora_alpha: LoRA alpha (the update is scaled by alpha / rank)
-        lora_targets: comma-separated linear layers to adapt: q,k,v,o,gate,up,down or full names (q_proj)
-        lora_dropout: dropout on the LoRA input
         dev_fraction: share of the training conversations held out as dev when --dev is not given
         samples: dev conversations answered by the best checkpoint at the end (samples.jsonl)
         sample_tokens: new tokens at most per sample reply
-        tokenizer: tokenizer folder (to replace the checkpoint's)
-        vocab_size: vocabulary of the tokenizer trained for a preset when --tokenizer is not given
-        set_: config override for a preset, or dropout for a checkpoint
         resume: a run folder to continue exactly where it stopped
         overwrite: replace a run that already exists in --out
     """
-    options = options or FinetuneConfig()
-    if resume:
-        return resume_run(COMMAND, resume, options, build)
-    if not (model and train and out):
-        raise ConfigError("finetune sft needs --model, --train and --out (or --resume RUN); e.g. lmforge finetune sft "
-                          "--model runs/gpt --train chats.jsonl --out runs/chat")
-    args = {k: v for k, v in locals().items() if k not in ("options",)}
-    return start(COMMAND, args, options, build)
+    return command(COMMAND, locals(), build, ("model", "train", "out"),
+                   "--model runs/gpt --train chats.jsonl --out runs/chat")
 
 
 __all__ = ["finetune_sft", "render", "encode_chat", "reply", "chat_rows"]

