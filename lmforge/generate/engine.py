@@ -17,8 +17,10 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..model.cache import KVCache
+from ..model.fast import Linear, fast_inference, linear
 from . import processors as P
 from .options import GenerationOptions
 from .text import IncrementalDecoder, StopMatcher
@@ -55,10 +57,19 @@ class Runner:
 
     # ---- model calls -----------------------------------------------------------------------------------
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.head_logits(hidden, last_only=True)[:, -1].float()
+        """Float logits (N, V) of the last position."""
+        model = self.model
+        head = model.lm_head
+        if model.mlm_dense is None and type(head) in (nn.Linear, Linear):  # the plain LM head: the fast path
+            return linear(hidden[:, -1], head.weight, head.bias).float()
+        return model.head_logits(hidden, last_only=True)[:, -1].float()
 
     def start(self) -> torch.Tensor:
         """Logits (B, V) for the first new token."""
+        with fast_inference():
+            return self._start()
+
+    def _start(self) -> torch.Tensor:
         model = self.model
         B = self.ids.shape[0]
         if self.enc_dec:
@@ -107,6 +118,10 @@ class Runner:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row (N,); logits (N, V) for the next one."""
+        with fast_inference():
+            return self._step(tokens)
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         model = self.model
         tokens = tokens.to(self.device).view(-1, 1)
         if self.enc_dec:

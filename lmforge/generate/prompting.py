@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ConfigError, LmforgeError
 from ..model.cache import KVCache
+from ..model.fast import fast_inference
 from .api import ModelSpec, _eval_mode, fit_prompt
 from .options import GenerationOptions
 
@@ -134,7 +135,7 @@ def score_continuations(
     chars = [len(c) if isinstance(c, str) else (len(tok.decode(ids)) if tok is not None else len(ids))
              for c, ids in zip(candidates, cands)]
     out: list[ContinuationScore] = []
-    with _eval_mode(model):
+    with _eval_mode(model), fast_inference():
         for start in range(0, len(cands), batch_size):
             chunk = cands[start:start + batch_size]
             scored = (_score_decoder if spec.arch == "decoder" else _score_seq2seq)(model, context, chunk, spec)

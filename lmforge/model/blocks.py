@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import KVCache
+from .fast import Linear  # nn.Linear with an opt-in oneDNN path for CPU inference (see fast.py)
 
 
 class RMSNorm(nn.Module):
@@ -234,10 +235,10 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.dim_per_head
         self.cross = cross
         qkv_bias, out_bias = config.resolved("qkv_bias"), config.resolved("attn_out_bias")
-        self.q_proj = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=out_bias)
+        self.q_proj = Linear(config.d_model, self.n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(config.d_model, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.n_head * self.head_dim, config.d_model, bias=out_bias)
         self.dropout = config.resolved("attn_dropout")
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -285,9 +286,9 @@ class MLP(nn.Module):
         bias = config.resolved("mlp_bias")
         self.gated = config.gated
         if self.gated:
-            self.gate_proj = nn.Linear(config.d_model, config.ff_dim, bias=bias)
-        self.up_proj = nn.Linear(config.d_model, config.ff_dim, bias=bias)
-        self.down_proj = nn.Linear(config.ff_dim, config.d_model, bias=bias)
+            self.gate_proj = Linear(config.d_model, config.ff_dim, bias=bias)
+        self.up_proj = Linear(config.d_model, config.ff_dim, bias=bias)
+        self.down_proj = Linear(config.ff_dim, config.d_model, bias=bias)
         self.act = activation_fn(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
