@@ -365,3 +365,11 @@ def test_fast_inference_linear_path(gpt):
     with fast_inference():  # a forward that needs gradients keeps nn.Linear's path, bit for bit
         with_grad = gpt(x)
     assert with_grad.requires_grad and torch.equal(with_grad.detach(), gpt(x).detach())
+
+
+def test_beam_sampling_is_seeded_and_batch_independent(gpt):
+    options = dict(num_beams=3, do_sample=True, temperature=1.2, top_k=20, seed=4, max_new_tokens=15)
+    alone = [generate(gpt, p, **options) for p in PROMPTS]
+    assert generate(gpt, PROMPTS, **options) == alone
+    assert generate(gpt, PROMPTS, **options, use_cache=False) == alone
+    assert len({generate(gpt, PROMPTS[0], **{**options, "seed": s}) for s in range(5)}) > 1

@@ -131,10 +131,14 @@ def chat_repl(session: ChatSession, *, read: Callable[[str], str] = input, out: 
             print(notice, file=out, flush=True)
         session.notices.clear()
         print("assistant> ", end="", file=out, flush=True)
-        if first is not None:
-            print(first, end="", file=out, flush=True)
-            for piece in pieces:
-                print(piece, end="", file=out, flush=True)
+        try:
+            if first is not None:
+                print(first, end="", file=out, flush=True)
+                for piece in pieces:
+                    print(piece, end="", file=out, flush=True)
+        except KeyboardInterrupt:  # Ctrl-C stops the reply (it is not kept in the history), not the chat
+            pieces.close()
+            print("\n[reply interrupted]", end="", file=out, flush=True)
         print(file=out, flush=True)
     print("bye", file=out, flush=True)
     return 0
