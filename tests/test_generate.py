@@ -353,15 +353,21 @@ def test_bad_prompts(gpt, seq2seq):
 
 
 
-def test_fast_inference_linear_path(gpt):
-    from lmforge.model.fast import fast_inference
+def test_fast_inference_linear_path(gpt, monkeypatch):
+    from lmforge.model import fast
 
+    monkeypatch.setattr(fast, "MIN_WEIGHT", 0)  # this tiny model's layers are below the size that uses oneDNN
     x = torch.tensor([gpt.tokenizer.encode("Once upon a time", add_special_tokens=True)])
     with torch.no_grad():
         reference = gpt(x)
-        with fast_inference():
-            fast = gpt(x)
-    assert torch.allclose(fast, reference, atol=1e-5)  # oneDNN's linear: the same up to float rounding
+        with torch.profiler.profile() as prof, fast.fast_inference():
+            fast_out = gpt(x)
+    assert any("_linear_pointwise" in e.name for e in prof.events())  # oneDNN really ran
+    assert torch.allclose(fast_out, reference, atol=1e-5)  # oneDNN's linear: the same up to float rounding
+    with fast.fast_inference():
+        assert generate(gpt, PROMPTS, max_new_tokens=15, **BEAM) == [
+            generate(gpt, p, max_new_tokens=15, **BEAM) for p in PROMPTS]
+    fast_inference = fast.fast_inference
     with fast_inference():  # a forward that needs gradients keeps nn.Linear's path, bit for bit
         with_grad = gpt(x)
     assert with_grad.requires_grad and torch.equal(with_grad.detach(), gpt(x).detach())

@@ -151,3 +151,13 @@ def test_parity_when_sequences_end_early(setting, pair):
     assert flat == expected, f"{kind} {setting} eos={eos}"
     if setting != "beam-never":  # (length_penalty=1.5 favours full-length hypotheses)
         assert any(r[-1] == eos for r in flat)  # some sequences did end early
+
+
+def test_parity_on_the_onednn_path(pair, monkeypatch):
+    """These tiny layers stay on F.linear; lmforge's decoding of full-size models goes through oneDNN."""
+    from lmforge.model import fast
+
+    monkeypatch.setattr(fast, "MIN_WEIGHT", 0)
+    test_batched_left_padded_parity("greedy-penalties", pair)
+    test_batched_left_padded_parity("beam", pair)
+    test_single_prompt_parity("beam", pair)

@@ -6,7 +6,8 @@ uses all threads and is about 2x faster for decoding and prefill alike. Inside `
 `lmforge.generate` and the scoring helpers enter), `Linear` layers whose input needs no gradient call
 oneDNN's linear (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile uses on the CPU) on the dense
 weights, with no copy or repacking. Results equal `F.linear` up to float rounding (about 1e-6 relative);
-outside the context, and whenever a gradient is needed, layers are plain `nn.Linear`.
+outside the context, whenever a gradient is needed, and for small layers (under 1 MB of weights, where a
+single thread is as fast and never waits for a second one) layers are plain `nn.Linear`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 _state = threading.local()
 _available: bool | None = None
+MIN_WEIGHT = 1 << 18  # smaller layers (< 1 MB in fp32) stay on F.linear: a thread team costs more than it saves
 
 
 def _onednn_available() -> bool:
@@ -51,7 +53,7 @@ def fast_inference(enabled: bool = True) -> Iterator[None]:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear`, through oneDNN inside `fast_inference()` when the inputs allow it."""
     if (getattr(_state, "on", False) and x.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.bfloat16) and weight.is_contiguous()
+            and x.dtype in (torch.float32, torch.bfloat16) and weight.numel() >= MIN_WEIGHT and weight.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
