@@ -364,11 +364,11 @@ def test_fast_inference_linear_path(gpt, monkeypatch):
             fast_out = gpt(x)
     assert any("_linear_pointwise" in e.name for e in prof.events())  # oneDNN really ran
     assert torch.allclose(fast_out, reference, atol=1e-5)  # oneDNN's linear: the same up to float rounding
-    with fast.fast_inference():
-        assert generate(gpt, PROMPTS, max_new_tokens=15, **BEAM) == [
-            generate(gpt, p, max_new_tokens=15, **BEAM) for p in PROMPTS]
-    fast_inference = fast.fast_inference
-    with fast_inference():  # a forward that needs gradients keeps nn.Linear's path, bit for bit
+    # generate enters fast_inference itself: batched == alone and cached == uncached on the oneDNN path too
+    alone = [generate(gpt, p, max_new_tokens=15, **BEAM) for p in PROMPTS]
+    assert generate(gpt, PROMPTS, max_new_tokens=15, **BEAM) == alone
+    assert generate(gpt, PROMPTS, max_new_tokens=15, use_cache=False, **BEAM) == alone
+    with fast.fast_inference():  # a forward that needs gradients keeps nn.Linear's path, bit for bit
         with_grad = gpt(x)
     assert with_grad.requires_grad and torch.equal(with_grad.detach(), gpt(x).detach())
 
