@@ -75,6 +75,21 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
         f.write(payload)
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+    return Path(path)
+
+
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, length=1 << 20)

@@ -111,10 +111,4 @@ def plot_losses(metrics: str | Path, out_png: str | Path, title: str = "") -> Pa
     ax.set_title(f"{title}: training loss" if title else "training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    with lio.atomic_write(out_png, "wb") as f:
-        f.write(buf.getvalue())
-    return Path(out_png)
+    return lio.save_figure(fig, out_png)
