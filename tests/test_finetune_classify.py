@@ -214,6 +214,19 @@ def test_bad_inputs_are_one_line_errors_naming_file_line_or_option(data, tmp_pat
     assert not any((tmp_path / n).exists() for n in "bcde")
 
 
+def test_cli_errors_are_one_line_with_exit_status_2(data, tmp_path, capsys):
+    (tmp_path / "empty.tsv").write_text("")
+    code = main(["finetune", "classify", "--model", "bert-mini", "--train", str(tmp_path / "empty.tsv"), "--out",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("lmforge: error: ") and "empty.tsv is empty" in err
+    assert main(["finetune", "classify", "--train", data["train"]]) == 2
+    assert "needs --model, --train, --out (or --resume RUN); missing --model, --out" in capsys.readouterr().err
+    assert main(["finetune", "classify", "--model", "bert-mini", "--train", data["train"], "--out", str(tmp_path / "x"),
+                 "--method", "lora", "--lora-rank", "0", "--tokenizer", data["tok"]]) == 2
+    assert "--lora-rank=0 is out of range" in capsys.readouterr().err
+
+
 def _cli(*args):
     return [sys.executable, "-m", "lmforge", *args]
 
