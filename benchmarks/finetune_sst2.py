@@ -18,16 +18,16 @@ import time
 from pathlib import Path
 
 from lmforge.finetune.classify import finetune_classify
-from lmforge.finetune.runs import FinetuneConfig, MethodConfig
+from lmforge.finetune.runs import FinetuneConfig, MethodConfig, share
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import minilm, need, parser  # noqa: E402
 
 METHODS = {
     # name: (what trains, training options)
-    "full": (MethodConfig("full"), {"lr": 1e-4, "epochs": 1.0}),
-    "lora": (MethodConfig("lora", lora_rank=8, lora_alpha=16, lora_targets="q,k,v,o,up,down"), {"lr": 1e-3, "epochs": 1.5}),
-    "frozen": (MethodConfig("frozen"), {"lr": 2e-3, "epochs": 2.0}),
+    "full": (MethodConfig("full"), {"lr": 5e-5, "epochs": 3.0}),
+    "lora": (MethodConfig("lora", lora_rank=8, lora_alpha=16, lora_targets="q,k,v,o,up,down"), {"lr": 1e-3, "epochs": 3.0}),
+    "frozen": (MethodConfig("frozen"), {"lr": 2e-3, "epochs": 3.0}),
 }
 REFERENCES = [("bert-base-cased (Hugging Face examples, 110M)", 0.923), ("DistilBERT (66M, published)", 0.91)]
 
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--reserve", type=float, default=150, help="seconds kept for loading and the final evaluation")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=float, default=None, help="override every method's epochs")
     ap.add_argument("--train-limit", type=int, default=0, help="use the first N training rows (0 = all)")
     args = ap.parse_args()
     data = need(Path(args.shared) / "sst2")
@@ -59,7 +60,8 @@ def main() -> None:
             text_column="text_a", label_column="label", pooling="mean", overwrite=True, method=tuning,
             options=FinetuneConfig(batch_size=args.batch_size, warmup_steps=200, eval_every=args.eval_every,
                                    eval_batches=0, save_every=args.eval_every, max_length=128, progress=False,
-                                   max_time=args.budget - args.reserve, **options))
+                                   max_time=args.budget - args.reserve,
+                                   **{**options, **({"epochs": args.epochs} if args.epochs else {})}))
         seconds = time.perf_counter() - start
         method = result["method"]
         results.append({"method": name, "trainable": method["trainable"], "total": method["total"],
@@ -71,10 +73,10 @@ def main() -> None:
 
     print(f"\nSST-2 dev (872 sentences), all-MiniLM-L6-v2 (22.7M parameters), budget {args.budget / 60:.0f} min per "
           "method on this machine")
-    print(f"{'method':8s} {'trainable':>10s} {'share':>7s} {'lr':>7s} {'steps':>6s} {'minutes':>8s} {'accuracy':>9s} "
+    print(f"{'method':8s} {'trainable':>10s} {'share':>8s} {'lr':>7s} {'steps':>6s} {'minutes':>8s} {'accuracy':>9s} "
           f"{'macro-F1':>9s}")
     for r in results:
-        print(f"{r['method']:8s} {r['trainable']:10,d} {100 * r['fraction']:6.2f}% {r['lr']:7.0e} {r['steps']:6d} "
+        print(f"{r['method']:8s} {r['trainable']:10,d} {share(r['fraction']):>8s} {r['lr']:7.0e} {r['steps']:6d} "
               f"{r['seconds'] / 60:8.1f} {r['accuracy']:9.4f} {r['macro_f1']:9.4f}")
     for label, acc in REFERENCES:
         print(f"{'reference':8s} {label}: {acc:.3f}")

@@ -205,11 +205,14 @@ def inference_autocast(device: torch.device):
 
 
 @contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
+def eval_mode(model: torch.nn.Module, autocast: bool = False):
+    """Eval mode without gradients; in float32 unless `autocast` (bf16 where native), so that a report, `lmforge
+    eval` and `lmforge predict` give the same numbers whether a LoRA adapter is merged or not."""
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), inference_autocast(next(model.parameters()).device):
+        with torch.no_grad(), (inference_autocast(next(model.parameters()).device) if autocast
+                               else contextlib.nullcontext()):
             yield model
     finally:
         model.train(was)
@@ -263,7 +266,7 @@ def resume(command: str, run: str, overrides: TrainConfig,
 
 def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[str, Any]:
     def on_eval(trainer: Trainer, result: dict) -> dict:
-        with eval_mode(trainer.model):
+        with eval_mode(trainer.model), trainer.autocast():  # the dev metric during training: the loop's precision
             return task.evaluate(trainer.model)
 
     trainer = Trainer(task.model, task.objective, train, out, task.tokenizer, resume=resume,
@@ -273,7 +276,7 @@ def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[
         for note in task.notes:
             print(note, flush=True)
         print(f"{'resuming' if resume else 'fine-tuning'} {task.name}: {task.model.config.name or task.model.config.arch} "
-              f"({m['total'] / 1e6:.2f}M parameters, {m['trainable'] / 1e6:.3f}M trainable = {100 * m['fraction']:.2f}%, "
+              f"({m['total'] / 1e6:.2f}M parameters, {m['trainable']:,} trainable = {share(m['fraction'])}, "
               f"method {m['method']}) on {trainer.device} for {trainer.max_steps} steps of {trainer.samples_per_step} "
               f"examples -> {out}", flush=True)
     summary = trainer.fit()
@@ -298,7 +301,12 @@ def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[
           f"in {out}/best{'; adapter in ' + str(out / 'adapter') if best.config.lora else ''}; {what}", flush=True)
     keep = ("steps", "max_steps", "seconds", "tok_per_s", "best_step", "best_val", "stopped_early", "out")
     return {**{k: summary[k] for k in keep if k in summary}, "dev_loss": summary.get("val_loss"),
-            **{k: v for k, v in report.items() if k not in ("method",)}}
+            **report}
+
+
+def share(fraction: float) -> str:
+    """A fraction as a percentage with the digits that matter (100.00%, 1.45%, 0.0034%)."""
+    return f"{100 * fraction:.2f}%" if fraction >= 0.001 else f"{100 * fraction:.2g}%"
 
 
 def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
