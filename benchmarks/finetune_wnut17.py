@@ -48,10 +48,10 @@ def main() -> None:
     dev = result["dev"]
     print(f"\nWNUT-17 dev ({dev['sentences']} sentences, {dev['gold_entities']} entities), entity-level micro "
           "precision / recall / F1")
-    print(f"{'model':62s} {'P':>6s} {'R':>6s} {'F1':>6s}")
-    print(f"{'all-MiniLM-L6-v2 (22.7M, uncased), lmforge finetune ner':62s} {dev['precision']:6.3f} {dev['recall']:6.3f} "
+    print(f"{'model':74s} {'P':>6s} {'R':>6s} {'F1':>6s}")
+    print(f"{'all-MiniLM-L6-v2 (22.7M, uncased), lmforge finetune ner':74s} {dev['precision']:6.3f} {dev['recall']:6.3f} "
           f"{dev['f1']:6.3f}")
-    print(f"{'reference: ' + REFERENCE[0]:62s} {'':6s} {'':6s} {REFERENCE[1]:6.3f}")
+    print(f"{'reference: ' + REFERENCE[0]:74s} {'':6s} {'':6s} {REFERENCE[1]:6.3f}")
     print(f"{result['steps']} steps (best at {result['best_step']}), {seconds / 60:.1f} min end to end; target F1 >= 0.40 "
           f"within {args.budget / 60:.0f} min: {'met' if dev['f1'] >= 0.40 and seconds <= args.budget else 'NOT met'}")
     out.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
               grad_clip=1.0)
 
 
-def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 50) -> dict:
+def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 10) -> dict:
     train = TrainConfig(max_steps=steps, eval_every=0, eval_batches=0, save_every=0, log_every=log_every, seed=1337,
                         dtype=dtype, progress=False, **RECIPE)
     start = time.perf_counter()
@@ -149,8 +149,9 @@ def plot(rows, path: Path) -> None:
     for name, r in rows:
         steps, losses = zip(*r["curve"])
         seconds = np.asarray(steps) * r["median_ms_per_step"] / 1000
-        smooth = np.convolve(losses, np.ones(20) / 20, mode="valid") if len(losses) > 40 else losses
-        ax.plot(seconds[len(seconds) - len(smooth):], smooth, label=f"{name} (val {r['val_loss']:.3f})")
+        width = max(1, len(losses) // 40) | 1  # centred moving average over ~1/40 of the run
+        smooth = np.convolve(losses, np.ones(width) / width, mode="valid")
+        ax.plot(seconds[width // 2: width // 2 + len(smooth)], smooth, label=f"{name} (val {r['val_loss']:.3f})")
     ax.set_xlabel("training time (s, median step time x steps)")
     ax.set_ylabel("train loss (smoothed)")
     ax.set_title("Tiny Shakespeare, char level, nanoGPT CPU recipe")

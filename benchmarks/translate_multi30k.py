@@ -31,13 +31,14 @@ REFERENCE = ("Transformer-base (published, test2016, rough)", 35.0)
 def main() -> None:
     ap = parser(__doc__, "bench-out/multi30k")
     ap.add_argument("--minutes", type=float, default=55, help="training budget (minutes)")
-    ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=800)
     ap.add_argument("--vocab-size", type=int, default=8000)
     ap.add_argument("--beams", type=int, default=4)
-    ap.add_argument("--eval-every", type=int, default=1500)
+    ap.add_argument("--eval-every", type=int, default=2000)
     ap.add_argument("--set", dest="sets", action="append", default=[], help="model config override, e.g. d_model=384")
     args = ap.parse_args()
     data = need(Path(args.shared) / "multi30k")
@@ -46,7 +47,7 @@ def main() -> None:
     result = finetune_seq2seq(
         model="transformer-small", train_src=str(data / "train.en.gz"), train_tgt=str(data / "train.de.gz"),
         dev_src=str(data / "val.en.gz"), dev_tgt=str(data / "val.de.gz"), out=str(out / "run"), overwrite=True,
-        source=ModelSource(vocab_size=args.vocab_size, set_=args.sets), num_beams=args.beams, eval_samples=300,
+        source=ModelSource(vocab_size=args.vocab_size, set_=[f"dropout={args.dropout}", *args.sets]), num_beams=args.beams, eval_samples=300,
         options=FinetuneConfig(max_steps=args.steps, max_time=args.minutes * 60, batch_size=args.batch_size,
                                lr=args.lr, min_lr=args.lr / 20, warmup_steps=args.warmup, beta2=0.98,
                                weight_decay=0.01, label_smoothing=0.1, max_length=64, eval_every=args.eval_every,
