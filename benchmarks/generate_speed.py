@@ -207,7 +207,7 @@ def report(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (median kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (the best one kept)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -44,16 +44,17 @@ RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
               grad_clip=1.0)
 
 
-def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 10) -> dict:
+def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 10,
+                max_time: float | None = None) -> dict:
     train = TrainConfig(max_steps=steps, eval_every=0, eval_batches=0, save_every=0, log_every=log_every, seed=1337,
-                        dtype=dtype, progress=False, **RECIPE)
+                        dtype=dtype, progress=False, max_time=max_time, **RECIPE)
     start = time.perf_counter()
     summary = pretrain(data=str(data), out=str(out), model=model, set_=["dropout=0.0"], train=train, overwrite=True)
     wall = time.perf_counter() - start
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train" and r["step"] > log_every]
     rates = [r["tok_per_s"] for r in rows]
     val = perplexity(lmforge.load(out / "last"), str(data), "val", context=64, batch_size=64)["loss"]
-    return {"iters": steps, "wall_s": wall, "train_s": summary["seconds"],
+    return {"iters": summary["steps"], "wall_s": wall, "train_s": summary["seconds"],
             "median_ms_per_step": 1000 * 768 / statistics.median(rates), "tok_per_s": statistics.median(rates),
             "val_loss": val, "parameters": lmforge.load(out / "last").num_parameters(), "curve": [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")
                                        if r.get("split") == "train"]}
@@ -99,14 +100,16 @@ def main() -> None:
     llama = run_lmforge(out / "data", out / "run-llama-nano", "llama-nano", args.iters, args.dtype)
     print(f"      val loss {llama['val_loss']:.4f}, {llama['median_ms_per_step']:.1f} ms/step", flush=True)
 
-    # The time the reference needs for its iterations, from its median step time (robust to other processes on
-    # the machine), and as many lmforge steps as fit in it at lmforge's median step time, less 5% for what a
-    # run also pays (start-up, the final evaluation and checkpoint).
-    budget_s = ref["median_ms_per_step"] * args.iters / 1000
+    # The time the reference needs for its iterations (the shorter of its wall-clock and its median step time x
+    # iterations), and as many lmforge steps as fit in it at lmforge's median step time, less 5% for what a run
+    # also pays (start-up, the final checkpoint). The run is also capped at that time (--max-time), so a slower
+    # stretch of the machine stops it early, with the schedule unfinished, instead of letting it overrun.
+    budget_s = min(ref["median_ms_per_step"] * args.iters / 1000, ref["wall_s"])
     budget_steps = int(budget_s * 1000 / llama["median_ms_per_step"] * 0.95)
     print(f"[4/4] llama-nano in the reference's time for {args.iters} iterations ({budget_s:.0f}s at its median step): "
           f"{budget_steps} iterations", flush=True)
-    timed = run_lmforge(out / "data", out / "run-timed", "llama-nano", budget_steps, args.dtype)
+    timed = run_lmforge(out / "data", out / "run-timed", "llama-nano", budget_steps, args.dtype,
+                        max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1)
     print(f"      val loss {timed['val_loss']:.4f}, trained in {timed['train_s']:.0f}s (budget {budget_s:.0f}s)", flush=True)
 
     ref["parameters"] = sum(p.numel() for p in model.parameters())

@@ -62,8 +62,8 @@ class Dist:
 
     @classmethod
     def from_env(cls) -> "Dist":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -363,6 +363,14 @@ class Trainer:
         else:
             self.state.bad_evals += 1
         self.last_eval = result
+        if self.dist.main:
+            from tqdm.auto import tqdm
+
+            shown = f"val loss {result['loss']:.4f} (ppl {result.get('ppl', math.exp(min(result['loss'], 50.0))):.2f})"
+            if "value" in result:
+                shown += f", {result.get('metric', 'metric')} {result['value']:.4f}"
+            best = " (best)" if self.state.best_step == self.state.step else f" (best at step {self.state.best_step})"
+            tqdm.write(f"step {self.state.step}/{self.max_steps}: {shown}{best}")
         patience = self.config.patience
         if patience and self.state.bad_evals >= patience:
             self.state.stopped_early = True
