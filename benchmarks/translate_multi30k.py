@@ -2,7 +2,7 @@
 sacreBLEU on the 1,014 validation sentences.
 
     flock /tmp/lmforge-bench.lock python benchmarks/translate_multi30k.py [--shared ../shared/data] [--out bench-out/multi30k]
-        [--minutes 55] [--steps 9000] [--beams 4]
+        [--minutes 30] [--steps 6000] [--beams 4]
 
 One `lmforge finetune seq2seq --model transformer-small` run: a shared byte-level BPE tokenizer trained on the training
 files inside the run, a 3+3-layer 256-wide pre-norm Transformer, batch 64 sentence pairs bucketed by length, label
@@ -30,8 +30,8 @@ REFERENCE = ("Transformer-base (published, test2016, rough)", 35.0)
 
 def main() -> None:
     ap = parser(__doc__, "bench-out/multi30k")
-    ap.add_argument("--minutes", type=float, default=55, help="training budget (minutes)")
-    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--minutes", type=float, default=30, help="training budget (minutes)")
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -234,7 +234,8 @@ def test_bad_training_options_are_clear_errors():
 
 def test_eval_perplexity_matches_the_trainers_validation_loss(corpus, tmp_path, capsys):
     summary = pretrain(data=str(corpus["decoder"]), out=str(tmp_path / "run"), model="gpt-mini", set_=TINY,
-                       train=tiny_train(max_steps=20, eval_batches=0))
+                       train=tiny_train(max_steps=20, eval_batches=0, dtype="fp32"))  # the eval command's dtype
+    capsys.readouterr()  # the training's own output
     code = main(["eval", "perplexity", str(tmp_path / "run" / "last"), "--data", str(corpus["decoder"]),
                  "--batch-size", "4", "--context", "32"])
     assert code == 0

@@ -162,8 +162,9 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
             json.dumps({"messages": p, "reference": ref, **r}, ensure_ascii=False) + "\n"
             for (p, ref), r in zip(sample, replies)))
         ended = sum(r["ended_turn"] for r in replies) / max(len(replies), 1)
-        head = (f"dev assistant-token loss {dev_loss:.4f} (ppl {metrics.perplexity(dev_loss):.2f}); "
-                f"{ended:.0%} of {len(replies)} sample replies end with the end-of-turn token")
+        head = f"dev assistant-token loss {dev_loss:.4f} (ppl {metrics.perplexity(dev_loss):.2f})"
+        if replies:
+            head += f"; {ended:.0%} of {len(replies)} sample replies end with the end-of-turn token"
         for (p, ref), r in list(zip(sample, replies))[:3]:
             print(f"  user: {p[-1]['content'][:100]!r}\n    -> {r['reply'][:120]!r}{'' if r['ended_turn'] else ' [no end-of-turn]'}",
                   flush=True)
