@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmforge.data.batches import PreparedData, TokenWindows
-from lmforge.data.corpus import CorpusReader
+from lmforge.data.corpus import CorpusReader, read_pairs_jsonl
 from lmforge.data.prepare import prepare_corpus, prepare_pairs, read_manifest
 from lmforge.errors import DataError, LmforgeError
 from lmforge.tokenizer import train_tokenizer
@@ -100,6 +100,13 @@ def test_jsonl_errors_name_file_and_line(tmp_path, tok):
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
     with pytest.raises(DataError, match=r"c.jsonl:2: no field 'text' \(found: body\).*--text-field"):
         prepare_corpus([str(tmp_path / "c.jsonl")], tok, tmp_path / "d", progress=False)
+    (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n{"text": "x",\n')
+    with pytest.raises(DataError, match=r"b.jsonl:2: invalid JSON .*each line must be one JSON object"):
+        prepare_corpus([str(tmp_path / "b.jsonl")], tok, tmp_path / "d", progress=False)
+    # pairs: a line that is JSON but not an object is refused the same way (it used to be a TypeError)
+    (tmp_path / "p.jsonl").write_text('{"source": "a", "target": "b"}\n5\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2: expected a JSON object per line, got int"):
+        list(read_pairs_jsonl(tmp_path / "p.jsonl"))
 
 
 def test_existing_data_is_not_overwritten(tmp_path, tok):

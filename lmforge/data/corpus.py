@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 from ..errors import DataError, choices
 
@@ -251,12 +251,9 @@ class CorpusReader:
             self.bytes_read += len(line) + 1
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(record, dict) or self.text_field not in record:
-                keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
+            record = json_object(path, lineno, line)
+            if self.text_field not in record:
+                keys = ", ".join(record)
                 raise DataError(f"{path}:{lineno}: no field {self.text_field!r} (found: {keys}); "
                                 "choose the text field with --text-field")
             value = record[self.text_field]
@@ -291,15 +288,23 @@ def _zip_strict(a: Iterator[str], b: Iterator[str], name_a, name_b) -> Iterator[
         raise DataError(f"{name_b} has more lines than {name_a} ({n}); the files must be aligned line by line")
 
 
+def json_object(path: str | Path, lineno: int, line: str) -> dict[str, Any]:
+    """The JSON object on one line of a JSONL file; invalid JSON or another JSON value is a one-line error."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
+    return record
+
+
 def read_pairs_jsonl(path: str | Path, source_field: str = "source", target_field: str = "target",
                      encoding: str = "utf-8") -> Iterator[tuple[str, str]]:
     for lineno, line in enumerate(read_lines(Path(path), encoding), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        record = json_object(path, lineno, line)
         missing = [f for f in (source_field, target_field) if f not in record]
         if missing:
             raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; set --source-field/--target-field")
@@ -307,4 +312,4 @@ def read_pairs_jsonl(path: str | Path, source_field: str = "source", target_fiel
 
 
 __all__ = ["CorpusReader", "Piece", "list_files", "read_lines", "read_text_blocks", "clean_text", "iter_text",
-           "read_parallel", "read_pairs_jsonl"]
+           "read_parallel", "read_pairs_jsonl", "json_object"]

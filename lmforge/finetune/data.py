@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.corpus import read_lines, read_text_blocks
+from ..data.corpus import json_object, read_lines, read_text_blocks
 from ..errors import DataError
 
 TABLE_KINDS = (".tsv", ".csv", ".jsonl", ".json", ".txt")
@@ -71,13 +71,7 @@ def json_records(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(record).__name__}")
-        out.append((lineno, record))
+        out.append((lineno, json_object(path, lineno, line)))
     return out
 
 
