@@ -38,7 +38,7 @@ def run(data, out, **kw):
                              source=src(data["tok"], set_=kw.pop("set_", TINY)), options=options, **kw)
 
 
-def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_path):
+def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_path, capsys):
     result = run(data, tmp_path / "run", options=tiny_options(max_steps=80))
     assert result["dev"]["accuracy"] >= 0.95, result["headline"]
     val = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val"]
@@ -56,6 +56,11 @@ def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_
     assert main(["eval", "classify", str(tmp_path / "run"), "--data", data["dev"], "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["accuracy"] == result["dev"]["accuracy"]
+    # a classifier is not a tagger: a one-line error naming the command that makes one
+    capsys.readouterr()
+    assert main(["eval", "ner", str(tmp_path / "run"), "--data", data["dev"]]) == 2
+    assert "has a classify head, not a tagger; eval ner needs a model fine-tuned with `lmforge finetune ner`" in \
+        capsys.readouterr().err
 
 
 def test_a_decoder_classifier_pools_its_last_token(data, tmp_path):

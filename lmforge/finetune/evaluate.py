@@ -50,10 +50,7 @@ def eval_classify(
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
-    model = load_for_inference(checkpoint, infer.device)
-    if model.config.head != "classify":
-        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not a classifier; eval classify needs a "
-                          "model fine-tuned with `lmforge finetune classify`")
+    model = load_for_inference(checkpoint, infer.device, head="classify")
     columns = [training_option(info, "text_column", text_column, "text")]
     pair = training_option(info, "text_pair_column", text_pair_column, None)
     columns += [pair] if pair else []
@@ -87,10 +84,7 @@ def eval_ner(
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
-    model = load_for_inference(checkpoint, infer.device)
-    if model.config.head != "tag":
-        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not a tagger; eval ner needs a model "
-                          "fine-tuned with `lmforge finetune ner`")
+    model = load_for_inference(checkpoint, infer.device, head="tag")
     sentences = read_conll(data)
     check_known_tags(sentences, model.config.labels, data)
     max_length, stride = infer.resolved(info)

@@ -342,12 +342,20 @@ def run_info(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-def load_for_inference(checkpoint: str, device: str = "auto") -> Transformer:
-    """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights."""
+HEAD_NAMES = {"classify": ("a classifier", "classify"), "tag": ("a tagger", "ner")}
+
+
+def load_for_inference(checkpoint: str, device: str = "auto", head: str | None = None) -> Transformer:
+    """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `head`
+    (classify | tag), a model with another head is a one-line error naming the command that makes one."""
     from ..adapters.lora import merge_lora
     from ..checkpoint import resolve_device
 
     model = load_checkpoint(checkpoint, device=resolve_device(device), dtype="fp32")
+    if head and model.config.head != head:
+        what, task = HEAD_NAMES[head]
+        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not {what}; eval {task} needs a model "
+                          f"fine-tuned with `lmforge finetune {task}`")
     if model.config.lora:
         tokenizer = model.tokenizer
         model = merge_lora(model)
