@@ -40,9 +40,11 @@ def default_objective(arch: str) -> str:
 def check_objective(objective: str, config: ModelConfig, source: str) -> None:
     want = ARCH_OF[objective]
     if config.arch != want:
-        article = "an" if want[0] in "aeiou" else "a"
-        raise ConfigError(f"objective {objective} needs {article} {want} model ({EXAMPLES[want]}); {source} is "
-                          f"{'an' if config.arch[0] in 'aeiou' else 'a'} {config.arch}")
+        def a(word: str) -> str:
+            return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+        raise ConfigError(f"objective {objective} needs {a(want)} model ({EXAMPLES[want]}); {source} is "
+                          f"{a(config.arch)}")
 
 
 def make_objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
@@ -167,7 +169,6 @@ def pretrain(
         })
     dist.barrier()
     return _run(net, obj, train, out_path, tokenizer, resume=False)
-
 
 
 def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig

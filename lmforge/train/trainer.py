@@ -366,7 +366,7 @@ class Trainer:
         if self.dist.main:
             from tqdm.auto import tqdm
 
-            shown = f"val loss {result['loss']:.4f} (ppl {result.get('ppl', math.exp(min(result['loss'], 50.0))):.2f})"
+            shown = f"val loss {result['loss']:.4f} (ppl {result['ppl']:.2f})"
             if "value" in result:
                 shown += f", {result.get('metric', 'metric')} {result['value']:.4f}"
             best = " (best)" if self.state.best_step == self.state.step else f" (best at step {self.state.best_step})"
