@@ -2,7 +2,8 @@
 
 The corpus is the docstrings of the Python standard library (about 1.5 MB of English technical prose, read
 with `ast`, nothing imported). The demo trains a byte-level BPE tokenizer, prepares the data, pretrains a small
-Llama-style decoder for a few minutes on the CPU, then prints a sample, the validation perplexity, and where everything is.
+Llama-style decoder for a few minutes on the CPU, then prints a sample, the validation perplexity, and where
+everything is.
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 def _config(model: str, overrides: dict[str, Any]) -> ModelConfig:
     """The config of a preset, an lmforge checkpoint or run folder, or a Hugging Face folder or hub id."""
     path = Path(model)
+    folder = resolve_checkpoint(path) if path.exists() and model not in PRESETS else None
     if model in PRESETS:
         config = ModelConfig.from_name(model)
-    elif path.exists() and is_lmforge_checkpoint(resolve_checkpoint(path)):
-        config = read_config(resolve_checkpoint(path))
+    elif folder is not None and is_lmforge_checkpoint(folder):
+        config = read_config(folder)
     elif path.exists() or "/" in model:
         from .convert.api import hf_model_config
 
