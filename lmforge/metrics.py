@@ -119,22 +119,7 @@ def plot_confusion(matrix: list[list[int]], labels: Sequence[str], path: str | P
                         color="white" if shares[i][j] > 0.6 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
     ax.set_title(title or "confusion matrix")
-    return save_figure(fig, path)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as a PNG, atomically, and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    with lio.atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-    return Path(path)
+    return lio.save_figure(fig, path)
 
 
 # ---- entities (CoNLL semantics) ------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import torch
 from .. import __version__
 from .. import io as lio
 from ..checkpoint import load as load_checkpoint
-from ..metrics import save_figure
 from ..config import PRESETS, ModelConfig, parse_overrides
 from ..errors import ConfigError, DataError, LmforgeError
 from ..model import Transformer
@@ -330,7 +329,7 @@ def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     ax.set_ylabel(f"dev {rows[-1].get('metric', 'metric')}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return save_figure(fig, png)
+    return lio.save_figure(fig, png)
 
 
 def run_info(path: str | Path) -> dict[str, Any]:
