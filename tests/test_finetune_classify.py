@@ -15,7 +15,7 @@ from lmforge import ModelConfig, build_model
 from lmforge.cli import main
 from lmforge.errors import ConfigError, DataError
 from lmforge.finetune.classify import encode_examples, finetune_classify
-from lmforge.finetune.data import Example, read_examples
+from lmforge.finetune.data import Example, read_examples, split_dev
 from lmforge.finetune.heads import init_embeddings, with_head
 from lmforge.finetune.objectives import TaskObjective
 from lmforge.train.logs import read_metrics
@@ -56,6 +56,12 @@ def test_classifier_learns_a_separable_task_and_reloads_with_its_head(data, tmp_
     assert main(["eval", "classify", str(tmp_path / "run"), "--data", data["dev"], "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["accuracy"] == result["dev"]["accuracy"]
+    # predict: a JSONL record without the text column is a one-line error naming file and line
+    (tmp_path / "new.jsonl").write_text('{"text": "good film"}\n{"other": "bad"}\n')
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "new.jsonl"), "--out",
+                 str(tmp_path / "p.jsonl")]) == 2
+    assert "new.jsonl:2: the record has no 'text' field" in capsys.readouterr().err
     # a classifier is not a tagger: a one-line error naming the command that makes one
     capsys.readouterr()
     assert main(["eval", "ner", str(tmp_path / "run"), "--data", data["dev"]]) == 2
@@ -191,6 +197,16 @@ def test_glove_file_sets_the_rows_of_known_words(tmp_path):
     (tmp_path / "bad.txt").write_text("movie 1 2 3\n")
     with pytest.raises(ConfigError, match="3-dimensional vectors but the model's d_model is 4"):
         init_embeddings(model, tok, tmp_path / "bad.txt")
+
+
+def test_a_label_that_the_held_out_dev_split_took_entirely_is_still_a_label(data, tmp_path):
+    rows = sentiment_rows(40, 3) + [("rare", "an odd one")]
+    train = write_table(tmp_path / "train.tsv", rows)
+    items = read_examples(train, ["text"], "label")
+    seed = next(s for s in range(200) if all(ex.label != "rare" for ex in split_dev(items, 0.1, s)[0]))
+    result = finetune_classify(model="bert-mini", train=train, out=str(tmp_path / "run"),
+                               source=src(data["tok"], set_=TINY), options=tiny_options(max_steps=2, seed=seed))
+    assert lmforge.load(tmp_path / "run").config.labels == ["neg", "pos", "rare"] and result["steps"] == 2
 
 
 def test_bad_inputs_are_one_line_errors_naming_file_line_or_option(data, tmp_path):

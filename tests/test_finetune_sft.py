@@ -45,7 +45,7 @@ def test_the_loss_mask_covers_assistant_turns_and_their_end_token_only():
     assert len(ids) == 20
 
 
-def test_sft_lowers_the_assistant_loss_and_follows_the_template(tmp_path):
+def test_sft_lowers_the_assistant_loss_and_follows_the_template(tmp_path, capsys):
     train = write_chats(tmp_path / "train.jsonl", chats(300, 0))
     dev = write_chats(tmp_path / "dev.jsonl", chats(20, 1))
     result = finetune_sft(model="gpt-nano", train=train, dev=dev, out=str(tmp_path / "run"), samples=8,
@@ -61,6 +61,13 @@ def test_sft_lowers_the_assistant_loss_and_follows_the_template(tmp_path):
                  str(tmp_path / "a.jsonl")]) == 0
     answer = json.loads((tmp_path / "a.jsonl").read_text())
     assert answer["messages"][-1] == {"role": "assistant", "content": "hello eva!"} and answer["ended_turn"]
+    # a conversation with nothing to answer is a one-line error naming file and line
+    (tmp_path / "q.jsonl").write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "q.jsonl"), "--out",
+                 str(tmp_path / "b.jsonl")]) == 2
+    assert "q.jsonl:1: the conversation has only assistant messages" in capsys.readouterr().err
+    assert not (tmp_path / "b.jsonl").exists()
 
 
 def test_sft_bad_inputs(tmp_path):

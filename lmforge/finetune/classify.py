@@ -119,7 +119,8 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         labels = model.config.labels
         method = resumed["method"]
     else:
-        labels = discover_labels([ex.label for ex in examples])
+        # every label of the training file, also one that the held-out dev split took all of (without --dev)
+        labels = discover_labels([ex.label for ex in (examples if args.get("dev") else examples + dev)])
         if len(labels) < 2:
             raise DataError(f"{args['train']}: only one label ({labels[0]!r}) in column {args['label_column']!r}; "
                             "classification needs at least two")

@@ -152,7 +152,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         tags = model.config.labels
         method = resumed["method"]
     else:
-        tags = tag_labels(sentences)
+        tags = tag_labels(sentences if args.get("dev") else sentences + dev)  # the held-out split's tags too
         if len(tags) < 2:
             raise DataError(f"{args['train']}: only the tag {tags[0]!r} occurs; NER needs entity tags (B-X, I-X)")
         base = base_model(args, lambda: (" ".join(s.words) for s in sentences), train, notes)

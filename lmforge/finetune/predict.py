@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import io as lio
-from ..errors import ConfigError, LmforgeError
+from ..errors import ConfigError, DataError, LmforgeError
 from ..model import Transformer
-from .data import Example, Sentence, file_kind, read_chats, read_conll, read_table, read_text_lines
+from .data import Sentence, file_kind, read_chats, read_conll, read_examples, read_text_lines
 from .runs import load_for_inference, run_info
 
 
@@ -119,20 +119,17 @@ def predict(
 
         text = training_option(info, "text_column", text_column, "text")
         pair = training_option(info, "text_pair_column", text_pair_column, None)
-        columns, rows = read_table(input)
-        for c in [text] + ([pair] if pair else []):
-            if c not in columns:
-                raise ConfigError(f"{input}: no column {c!r}; its columns are {', '.join(columns)} (choose with "
-                                  "--text-column / --text-pair-column)")
-        examples = [Example((str(r[text]),) + ((str(r[pair]),) if pair else ()), None, line) for line, r in rows]
+        examples = read_examples(input, [text] + ([pair] if pair else []), None, require_label=False)
+        columns = list(dict.fromkeys(k for ex in examples for k in ex.row))  # the file's columns, in order
         labels, probs = predict_labels(model, examples, max_length=max_length, stride=stride, batch_size=batch_size)
         names = model.config.labels
+        jsonl = file_kind(out_path) == "jsonl"
         out_rows = []
-        for (_, row), label, p in zip(rows, labels, probs):
+        for ex, label, p in zip(examples, labels, probs):
             extra = {"prediction": label, "probability": round(float(p.max()), 6)}
-            if file_kind(out_path) == "jsonl":
+            if jsonl:
                 extra["probabilities"] = {n: round(float(x), 6) for n, x in zip(names, p)}
-            out_rows.append({**row, **extra})
+            out_rows.append({**ex.row, **extra})
         write_table(out_path, columns + ["prediction", "probability"], out_rows)
         count = len(out_rows)
     elif task == "ner":
@@ -160,8 +157,13 @@ def predict(
         from .sft import reply
 
         if file_kind(Path(input)) == "jsonl":
-            conversations = [[m for m in msgs] for _, msgs in read_chats(input, require_assistant=False)]
-            conversations = [c[:max(i for i, m in enumerate(c) if m["role"] != "assistant") + 1] for c in conversations]
+            conversations = []
+            for line, msgs in read_chats(input, require_assistant=False):
+                asks = [i for i, m in enumerate(msgs) if m["role"] != "assistant"]
+                if not asks:
+                    raise DataError(f"{input}:{line}: the conversation has only assistant messages; a reply needs "
+                                    "a user (or system) message to answer")
+                conversations.append(msgs[:asks[-1] + 1])  # up to the last user/system turn
         else:
             conversations = [[{"role": "user", "content": line}] for line in read_text_lines(input) if line.strip()]
         replies = reply(model, conversations, max_new_tokens=max_new_tokens or 128)
