@@ -20,7 +20,7 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Example, check_known_labels, discover_labels, read_examples
 from .heads import ARCHS, check_arch, init_embeddings, with_head
-from .objectives import Rows, TaskObjective, collate, sorted_chunks, task_logits
+from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
                    resumed_model, train_and_dev)
 
@@ -93,16 +93,6 @@ def score(model: Transformer, examples: Sequence[Example], *, max_length: int, s
     pred, _ = predict_labels(model, examples, max_length=max_length, stride=stride, batch_size=batch_size)
     labels = model.config.labels or [str(i) for i in range(model.config.num_labels)]
     return metrics.classification_report([ex.label for ex in examples], pred, labels)
-
-
-def class_weight_tensor(kind: str, rows_labels: Sequence[int], n_labels: int) -> torch.Tensor | None:
-    if kind == "none":
-        return None
-    counts = np.bincount(np.asarray(rows_labels, dtype=np.int64), minlength=n_labels).astype(np.float64)
-    if kind == "balanced":
-        weights = np.where(counts > 0, counts.sum() / (n_labels * np.maximum(counts, 1)), 0.0)
-        return torch.tensor(weights, dtype=torch.float32)
-    raise ConfigError(f"--class-weights {kind!r} is not supported; use none | balanced")
 
 
 def _columns(args: dict[str, Any]) -> list[str]:

@@ -6,7 +6,6 @@ names the file, the line and what is allowed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -15,10 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import io as lio
 from ..data.corpus import json_object, read_lines, read_text_blocks
 from ..errors import DataError
-
-TABLE_KINDS = (".tsv", ".csv", ".jsonl", ".json", ".txt")
 
 
 @dataclass
@@ -286,15 +284,8 @@ def read_aligned(source: str | Path, target: str | Path) -> list[tuple[str, str]
 
 
 def sha256_files(paths: Sequence[str | Path | None]) -> dict[str, str]:
-    out = {}
-    for p in paths:
-        if p:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[str(Path(p).resolve())] = h.hexdigest()
-    return out
+    """{resolved path: sha256} of the given files (None entries skipped)."""
+    return {str(Path(p).resolve()): lio.sha256_file(p) for p in paths if p}
 
 
 __all__ = ["Example", "Sentence", "read_table", "read_examples", "discover_labels", "check_known_labels",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 
 from .. import metrics
 from ..errors import ConfigError, DataError
@@ -22,7 +21,7 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Sentence, check_known_tags, read_conll, tag_labels
 from .heads import ARCHS, check_arch, init_embeddings, with_head
-from .objectives import Rows, TaskObjective, collate, sorted_chunks, task_logits
+from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
                    resumed_model, train_and_dev)
 
@@ -175,11 +174,8 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
                      f"{'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
     notes.append(f"ner: {len(sentences):,} training and {len(dev):,} dev sentences ({dev_source}); tags: {', '.join(tags)}")
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    weights = None
-    if args["class_weights"] == "balanced":
-        counts = np.bincount(np.concatenate([r[r >= 0] for r in train_rows.labels]), minlength=len(tags)).astype(float)
-        weights = torch.tensor(np.where(counts > 0, counts.sum() / (len(tags) * np.maximum(counts, 1)), 0.0),
-                               dtype=torch.float32)
+    weights = class_weight_tensor(args["class_weights"], np.concatenate([r[r >= 0] for r in train_rows.labels]),
+                                  len(tags))
     objective = TaskObjective("ner", train_rows, dev_rows, pad, train.seed, train.batch_size, weights,
                               train.label_smoothing)
 

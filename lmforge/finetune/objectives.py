@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..model import Transformer, cross_entropy
 from ..train.objectives import Batch, Objective, Seq2Seq
 
@@ -232,6 +233,17 @@ class PairObjective(Seq2Seq):
         return self._collate([self.train.pair(i) for i in self.order.indices(first, size)])
 
 
-__all__ = ["BucketOrder", "Rows", "collate", "task_logits", "sorted_chunks", "RowsObjective", "TaskObjective",
+def class_weight_tensor(kind: str, rows_labels: Sequence[int], n_labels: int) -> torch.Tensor | None:
+    """--class-weights: None, or balanced weights n / (classes * count) per class (0 for an absent class)."""
+    if kind == "none":
+        return None
+    counts = np.bincount(np.asarray(rows_labels, dtype=np.int64), minlength=n_labels).astype(np.float64)
+    if kind == "balanced":
+        weights = np.where(counts > 0, counts.sum() / (n_labels * np.maximum(counts, 1)), 0.0)
+        return torch.tensor(weights, dtype=torch.float32)
+    raise ConfigError(f"--class-weights {kind!r} is not supported; use none | balanced")
+
+
+__all__ = ["class_weight_tensor", "BucketOrder", "Rows", "collate", "task_logits", "sorted_chunks", "RowsObjective", "TaskObjective",
            "CausalObjective",
            "ListPairs", "PairObjective"]
