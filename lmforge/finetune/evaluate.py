@@ -228,13 +228,11 @@ def eval_zero_shot(
     from ..checkpoint import load, resolve_device
     from ..generate.prompting import few_shot_prompt, score_continuations
 
-    examples = read_examples(data, [text_column], label_column)
-    if limit:
-        examples = examples[:limit]
+    every = read_examples(data, [text_column], label_column)
+    examples = every[:limit] if limit else every
     values = discover_labels([ex.label for ex in examples])
     mapping = label_names(labels, values)
-    pool: list[Example] = read_examples(shots_from, [text_column], label_column) if shots_from else list(
-        read_examples(data, [text_column], label_column))
+    pool: list[Example] = read_examples(shots_from, [text_column], label_column) if shots_from else every
     if shots < 0 or (shots and len(pool) <= shots):
         raise ConfigError(f"--shots={shots} needs more than {shots} examples to draw from; {len(pool)} available")
     missing = {ex.label for ex in pool if ex.label not in mapping} if shots else set()
@@ -247,6 +245,8 @@ def eval_zero_shot(
         raise ConfigError(f"{checkpoint} is an encoder; zero-shot scoring needs a decoder or an encoder-decoder model")
     names = sorted(set(mapping.values()), key=list(mapping.values()).index)
     candidates = [" " + n for n in names]
+    key = {"none": lambda s: s.logprob, "tokens": lambda s: s.mean_logprob,
+           "chars": lambda s: s.logprob / max(s.num_chars, 1)}[normalize]
     gold, pred = [], []
     for i, ex in enumerate(examples):
         shown = []
@@ -256,8 +256,6 @@ def eval_zero_shot(
             shown = [(p.texts[0], mapping[p.label]) for p in chosen]
         prompt = few_shot_prompt(ex.texts[0], shown, template=template, instruction=instruction)
         scores = score_continuations(model, prompt, candidates, truncate="left")
-        key = {"none": lambda s: s.logprob, "tokens": lambda s: s.mean_logprob,
-               "chars": lambda s: s.logprob / max(s.num_chars, 1)}[normalize]
         pred.append(names[max(range(len(scores)), key=lambda j: key(scores[j]))])
         gold.append(mapping[ex.label])
     report = metrics.classification_report(gold, pred, names)
