@@ -92,14 +92,14 @@ def top_layers(model: Transformer, k: int) -> list[str]:
 
 def apply_method(model: Transformer, method: Method, *, unfreeze_layers: int = 0, lora_rank: int = 8,
                  lora_alpha: float = 16.0, lora_targets: Sequence[str] | str = ("q_proj", "v_proj"),
-                 lora_dropout: float = 0.0, train_prefixes: Sequence[str] = ()) -> dict[str, Any]:
+                 lora_dropout: float = 0.0) -> dict[str, Any]:
     """Set what trains: everything (full), the head and the top k layers (frozen), or LoRA matrices and the head
-    (lora). `train_prefixes` names parameters that always train (a new head). Returns a summary."""
+    (lora). Returns a summary."""
     if method not in ("full", "frozen", "lora"):
         raise ConfigError(f"--method {method!r} is not supported; use full | frozen | lora")
     if unfreeze_layers < 0:
         raise ConfigError(f"--unfreeze-layers={unfreeze_layers} must be >= 0")
-    heads = tuple(head_prefixes(model)) + tuple(train_prefixes)
+    heads = tuple(head_prefixes(model))
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -118,9 +118,9 @@ def apply_method(model: Transformer, method: Method, *, unfreeze_layers: int = 0
             "lora": model.config.lora, "unfreeze_layers": unfreeze_layers}
 
 
-def restore_method(model: Transformer, info: dict[str, Any], train_prefixes: Sequence[str] = ()) -> None:
+def restore_method(model: Transformer, info: dict[str, Any]) -> None:
     """Set requires_grad as `apply_method` did for a run being resumed (the adapter is rebuilt from the config)."""
-    apply_method(model, info["method"], unfreeze_layers=info.get("unfreeze_layers", 0), train_prefixes=train_prefixes)
+    apply_method(model, info["method"], unfreeze_layers=info.get("unfreeze_layers", 0))
 
 
 # ---- word vectors ----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.objectives import Objective
 from ..train.options import TrainConfig
 from ..train.pretrain import build_config, check_out_folder, read_run
-from ..train.trainer import Trainer, native_bf16, setup_distributed
+from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files, split_dev
 from .heads import apply_method, restore_method
 
@@ -187,31 +187,25 @@ def command(name: str, params: dict[str, Any], build: Callable[[dict[str, Any], 
     return start(name, args, options, build)
 
 
-def resumed_model(info: dict[str, Any], out: Path, train_prefixes: tuple[str, ...] = ()) -> tuple[Transformer, Tokenizer]:
+def resumed_model(info: dict[str, Any], out: Path) -> tuple[Transformer, Tokenizer]:
     """The model of a run being resumed, as it was built (head, adapter, frozen parts); the loop loads its weights."""
     config = ModelConfig.from_dict(info["model_config"])
     model = Transformer(config)
     tokenizer = Tokenizer.load(out / "last")
     model.tokenizer = tokenizer
-    restore_method(model, info["method"], train_prefixes)
+    restore_method(model, info["method"])
     return model, tokenizer
 
 
-def inference_autocast(device: torch.device):
-    if native_bf16(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
-def eval_mode(model: torch.nn.Module, autocast: bool = False):
-    """Eval mode without gradients; in float32 unless `autocast` (bf16 where native), so that a report, `lmforge
-    eval` and `lmforge predict` give the same numbers whether a LoRA adapter is merged or not."""
+def eval_mode(model: torch.nn.Module):
+    """Eval mode without gradients, in float32, so that a report, `lmforge eval` and `lmforge predict` give the
+    same numbers whether a LoRA adapter is merged or not (the dev metric during training uses the loop's
+    autocast: see `execute`)."""
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), (inference_autocast(next(model.parameters()).device) if autocast
-                               else contextlib.nullcontext()):
+        with torch.no_grad():
             yield model
     finally:
         model.train(was)
@@ -241,7 +235,7 @@ def start(command: str, args: dict[str, Any], train: FinetuneConfig,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
         })
     dist.barrier()
-    return execute(task, train, out, resume=False)
+    return execute(task, train, out, args, resume=False)
 
 
 def resume(command: str, run: str, overrides: TrainConfig,
@@ -260,10 +254,11 @@ def resume(command: str, run: str, overrides: TrainConfig,
             raise DataError(f"{file} changed since the run started; restore the original to resume exactly")
     torch.manual_seed(train.seed)
     task = build(info["args"], train, info)
-    return execute(task, train, path, resume=True)
+    return execute(task, train, path, info["args"], resume=True)
 
 
-def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[str, Any]:
+def execute(task: Task, train: FinetuneConfig, out: Path, args: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Train, then write the adapter, plots and report of the best checkpoint; `args` are the run's arguments."""
     def on_eval(trainer: Trainer, result: dict) -> dict:
         with eval_mode(trainer.model), trainer.autocast():  # the dev metric during training: the loop's precision
             return task.evaluate(trainer.model)
@@ -282,7 +277,6 @@ def execute(task: Task, train: FinetuneConfig, out: Path, resume: bool) -> dict[
     if not trainer.dist.main:
         return summary
     best = load_checkpoint(out)
-    args = lio.read_json(out / "run.json").get("args", {}) if (out / "run.json").exists() else {}
     if best.config.lora:
         from ..adapters.lora import save_adapter
 
@@ -363,4 +357,4 @@ def load_for_inference(checkpoint: str, device: str = "auto", head: str | None =
 
 
 __all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Task", "command", "base_model", "adapt", "train_and_dev", "load_base", "resumed_model", "start", "resume", "execute", "eval_mode",
-           "inference_autocast", "run_info", "load_for_inference", "plot_dev_metric"]
+           "run_info", "load_for_inference", "plot_dev_metric"]
