@@ -131,6 +131,16 @@ class ModelConfig:
 
     # ---- derived values -------------------------------------------------------------------------------
     @property
+    def pad_id(self) -> int:
+        """The id that fills padded positions: pad_token_id, else 0 (padding is masked out either way)."""
+        return self.pad_token_id if self.pad_token_id is not None else 0
+
+    @property
+    def label_names(self) -> list[str]:
+        """The task head's label names (their indices as text when the config has none)."""
+        return self.labels or [str(i) for i in range(self.num_labels)]
+
+    @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 

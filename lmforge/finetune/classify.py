@@ -63,7 +63,7 @@ def encode_examples(tokenizer: Tokenizer, examples: Sequence[Example], *, max_le
 
 def example_logits(model: Transformer, rows: Rows, n_examples: int, batch_size: int = 64) -> torch.Tensor:
     """(examples, labels) logits, averaged over the windows of each example."""
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad = model.config.pad_id
     device = next(model.parameters()).device
     sums = torch.zeros(n_examples, model.config.num_labels)
     counts = torch.zeros(n_examples)
@@ -79,7 +79,7 @@ def example_logits(model: Transformer, rows: Rows, n_examples: int, batch_size: 
 def predict_labels(model: Transformer, examples: Sequence[Example], *, max_length: int, stride: int | None = None,
                    batch_size: int = 64) -> tuple[list[str], torch.Tensor]:
     """Predicted label names and class probabilities of examples."""
-    labels = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+    labels = model.config.label_names
     rows, _ = encode_examples(model.tokenizer, examples, max_length=max_length, stride=stride, labels=None,
                               use_types=model.config.type_vocab_size > 0)
     with eval_mode(model):
@@ -91,7 +91,7 @@ def score(model: Transformer, examples: Sequence[Example], *, max_length: int, s
           batch_size: int = 64) -> dict[str, Any]:
     """The classification report of a model on labelled examples."""
     pred, _ = predict_labels(model, examples, max_length=max_length, stride=stride, batch_size=batch_size)
-    labels = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+    labels = model.config.label_names
     return metrics.classification_report([ex.label for ex in examples], pred, labels)
 
 
@@ -135,7 +135,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
                      f"{'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
     notes.append(f"classify: {len(examples):,} training and {len(dev):,} dev examples ({dev_source}); labels: "
                  f"{', '.join(labels)}")
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad = model.config.pad_id
     weights = class_weight_tensor(args["class_weights"], train_rows.labels, len(labels))
     objective = TaskObjective("classify", train_rows, dev_rows, pad, train.seed, train.batch_size, weights,
                               train.label_smoothing)

@@ -105,10 +105,10 @@ def encode_sentences(tokenizer: Tokenizer, sentences: Sequence[Sentence], *, max
 def word_predictions(model: Transformer, rows: Rows, sentences: Sequence[Sentence], batch_size: int = 64
                      ) -> list[list[str]]:
     """Predicted tags of every word ("O" for words the tokenizer gave no token or that were truncated away)."""
-    tags = model.config.labels or [str(i) for i in range(model.config.num_labels)]
+    tags = model.config.label_names
     out = [["O"] * len(s.words) for s in sentences]
     best = [np.full(len(s.words), -1) for s in sentences]
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad = model.config.pad_id
     device = next(model.parameters()).device
     for chunk in sorted_chunks(rows.lengths, batch_size):
         batch = {k: v.to(device) for k, v in collate(rows, chunk, pad).items()}
@@ -173,7 +173,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         notes.append(f"{long:,} training sentence(s) are longer than --max-length={max_length} tokens and were "
                      f"{'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
     notes.append(f"ner: {len(sentences):,} training and {len(dev):,} dev sentences ({dev_source}); tags: {', '.join(tags)}")
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad = model.config.pad_id
     weights = class_weight_tensor(args["class_weights"], np.concatenate([r[r >= 0] for r in train_rows.labels]),
                                   len(tags))
     objective = TaskObjective("ner", train_rows, dev_rows, pad, train.seed, train.batch_size, weights,

@@ -142,7 +142,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         dev_rows, _ = causal_rows(tokenizer, dev, template, eos, max_length)
         if cut:
             notes.append(f"{cut:,} training prompt(s) were cut from the left to fit --max-length={max_length}")
-        pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        pad = model.config.pad_id
         objective = CausalObjective("seq2seq", train_rows, dev_rows, pad, train.seed, train.batch_size,
                                     train.label_smoothing)
     notes.append(f"seq2seq ({model.config.arch}): {len(pairs):,} training and {len(dev):,} dev pairs ({dev_source})")

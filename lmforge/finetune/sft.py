@@ -144,7 +144,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
     targets = sum(int(m[1:].sum()) for m in train_rows.labels)
     notes.append(f"sft: {len(train_rows):,} training conversations ({targets:,} assistant tokens) and {len(dev):,} "
                  f"dev ({dev_source})")
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad = model.config.pad_id
     objective = CausalObjective("sft", train_rows, dev_rows, pad, train.seed, train.batch_size, train.label_smoothing)
 
     def finish(best: Transformer, out: Path) -> dict[str, Any]:
