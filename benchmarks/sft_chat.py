@@ -33,6 +33,7 @@ from lmforge.tokenizer import train_tokenizer
 from lmforge.train.logs import read_metrics
 from lmforge.train.options import TrainConfig
 from lmforge.train.pretrain import pretrain
+from lmforge.train.trainer import eval_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import need, parser  # noqa: E402
@@ -68,12 +69,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def assistant_loss(model, tokenizer, chats: list[dict], max_length: int) -> float:
     rows, _ = chat_rows(tokenizer, [(i, c["messages"]) for i, c in enumerate(chats)], max_length, "dev")
     objective = CausalObjective("sft", rows, rows, tokenizer.pad_id or 0, 0, 32)
-    total = count = 0.0
     with eval_mode(model):
-        for batch in objective.eval_batches(32, None):
-            loss, n = objective.loss(model, batch)
-            total, count = total + float(loss), count + int(n)
-    return total / count
+        return eval_loss(model, objective, 32)[0]
 
 
 def behaviour(model, chats: list[dict]) -> dict:

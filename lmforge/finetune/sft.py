@@ -22,6 +22,7 @@ from .. import io as lio
 from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
+from ..train.trainer import eval_loss
 from .data import read_chats
 from .heads import check_arch
 from .objectives import CausalObjective, Rows
@@ -150,12 +151,8 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
     def finish(best: Transformer, out: Path) -> dict[str, Any]:
         from .. import metrics
 
-        total, count = 0.0, 0  # the objective's own loss over the whole dev set
-        with eval_mode(best):
-            for batch in objective.eval_batches(train.batch_size, None):
-                loss, n = objective.loss(best, {k: v.to(best.device) for k, v in batch.items()})
-                total, count = total + float(loss), count + int(n)
-        dev_loss = total / max(count, 1)
+        with eval_mode(best):  # the objective's own loss over the whole dev set
+            dev_loss, count = eval_loss(best, objective, train.batch_size)
         sample = [prompt_part(m) for _, m in dev[:args["samples"]]]
         replies = reply(best, [p for p, _ in sample], max_new_tokens=args["sample_tokens"]) if sample else []
         lio.write_text(out / "samples.jsonl", "".join(

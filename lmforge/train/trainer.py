@@ -195,6 +195,22 @@ class ObjectiveModule(nn.Module):
         return self.objective.loss(self.model, batch)
 
 
+@torch.no_grad()
+def eval_loss(model: nn.Module, objective: Objective, batch_size: int, limit: int | None = None,
+              autocast: Callable[[], Any] = contextlib.nullcontext) -> tuple[float, int]:
+    """The objective's mean loss per target over its evaluation batches (at most `limit`), and the target count;
+    the model stays in the mode it is in."""
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in objective.eval_batches(batch_size, limit):
+        with autocast():
+            loss, n = objective.loss(model, {k: v.to(device) for k, v in batch.items()})
+        total += loss.double()
+        count += n
+    return ((total / count).item() if count.item() else float("nan")), int(count.item())
+
+
 # ---- the loop ------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -328,22 +344,13 @@ class Trainer:
             self.scaler.load_state_dict(meta["scaler"])
 
     # ---- evaluation ------------------------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
-        limit = self.config.eval_batches or None
-        for batch in self.objective.eval_batches(self.config.batch_size, limit):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self.autocast():
-                loss, n = self.objective.loss(self.model, batch)
-            total += loss.double()
-            count += n
+        val, count = eval_loss(self.model, self.objective, self.config.batch_size, self.config.eval_batches or None,
+                               self.autocast)
         self.model.train()
-        if count.item() == 0:
+        if count == 0:
             return None
-        val = (total / count).item()
         return {"loss": val, "ppl": math.exp(min(val, 50.0))}
 
     def _after_eval(self, result: dict[str, Any] | None, logger: MetricsLogger | None) -> bool:
