@@ -33,11 +33,10 @@ from ..train.objectives import Batch, Objective, Seq2Seq
 class BucketOrder:
     """Which example each global sample index stands for (see the module docstring)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50,
-                 bucket: bool = True) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window: int = 50) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.n = len(self.lengths)
-        self.batch_size, self.seed, self.window, self.bucket = batch_size, seed, window, bucket
+        self.batch_size, self.seed, self.window = batch_size, seed, window
         self.per_epoch = math.ceil(self.n / batch_size) * batch_size
 
     @lru_cache(maxsize=2)
@@ -47,8 +46,6 @@ class BucketOrder:
         extra = self.per_epoch - self.n
         if extra:
             perm = np.concatenate([perm, rng.choice(self.n, size=extra, replace=False if extra <= self.n else True)])
-        if not self.bucket:
-            return perm
         span = self.batch_size * self.window
         out = []
         for start in range(0, len(perm), span):
@@ -128,10 +125,10 @@ class RowsObjective(Objective):
     """Batches of `Rows` in bucketed epoch order; the dev rows longest first. Subclasses give `_collate` and the loss."""
 
     def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
-                 label_smoothing: float = 0.0, bucket: bool = True) -> None:
+                 label_smoothing: float = 0.0) -> None:
         self.name = name
         self.train, self.dev, self.pad_id = train, dev, pad_id
-        self.order = BucketOrder(train.lengths, batch_size, seed, bucket=bucket)
+        self.order = BucketOrder(train.lengths, batch_size, seed)
         self.label_smoothing = label_smoothing
 
     def _collate(self, rows: Rows, index: Sequence[int]) -> Batch:
@@ -157,8 +154,8 @@ class TaskObjective(RowsObjective):
     number of targets without weights), so the loop's normalisation gives the weighted mean."""
 
     def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
-                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0, bucket: bool = True) -> None:
-        super().__init__(name, train, dev, pad_id, seed, batch_size, label_smoothing, bucket)
+                 class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__(name, train, dev, pad_id, seed, batch_size, label_smoothing)
         self.weights = class_weights
 
     def count(self, batch: Batch) -> torch.Tensor:
@@ -219,12 +216,12 @@ class PairObjective(Seq2Seq):
     """The pretraining seq2seq objective (teacher forcing, label smoothing) on in-memory pairs, bucketed by length."""
 
     def __init__(self, train: ListPairs, dev: ListPairs | None, context: int, seed: int, tokenizer, batch_size: int,
-                 label_smoothing: float = 0.0, decoder_start: int | None = None, bucket: bool = True) -> None:
+                 label_smoothing: float = 0.0, decoder_start: int | None = None) -> None:
         super().__init__(train, dev, context, seed, tokenizer, label_smoothing)
         if decoder_start is not None:
             self.bos = decoder_start  # the model's decoder start (BART: </s>), as generation uses it
         lengths = [len(s) + len(t) for s, t in train.pairs]
-        self.order = BucketOrder(lengths, batch_size, seed, bucket=bucket)
+        self.order = BucketOrder(lengths, batch_size, seed)
 
     def samples_per_epoch(self) -> int:
         return self.order.per_epoch
