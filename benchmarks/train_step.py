@@ -17,7 +17,8 @@ import torch
 from lmforge import ModelConfig, build_model
 from lmforge.model import cross_entropy
 from lmforge.train.options import TrainConfig
-from lmforge.train.trainer import build_optimizer, native_bf16
+from lmforge.device import native_bf16
+from lmforge.train.trainer import build_optimizer
 
 
 def timed(fn, repeats: int, warmup: int = 10) -> float:

@@ -1,73 +1,62 @@
 """The lmforge checkpoint: a folder with `config.json`, `model.safetensors`, `tokenizer.json` (+ its config).
 
-A training run folder holds `last/` (with `state/` for exact resume) and `best/` checkpoints; `load` on a run
-folder picks `best/` when there is one, else `last/`. Weights load memory-mapped into a model built on the
-meta device (no second copy), in the dtype asked for.
+This module is the one reader and writer of the native format (and of LoRA adapter folders). A training run
+folder holds `last/` (with `state/` for exact resume) and `best/` checkpoints; `resolve_checkpoint` on a run
+folder picks `best/` when there is one, else `last/`. Weights load memory-mapped into a model built on the meta
+device (no second copy), in the dtype asked for. `lmforge.loading.load` picks this reader, the Hugging Face one or
+the GGUF one for a path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from . import __version__
 from . import io as lio
+from ._version import __version__
 from .config import ModelConfig
+from .device import parse_dtype, resolve_device
 from .errors import CheckpointError, ConfigError
 from .model import Transformer
+from .model.heads import with_head
+from .model.lora import apply_lora, head_prefixes
+from .model.meta import build_empty, load_weights
+from .tensor_io import save_safetensors
 from .tokenizer import Tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-RUN_FILE = "run.json"
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in ("auto",):
-        return None
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not supported; use fp32 | bf16 | fp16 | auto")
-    return DTYPES[dtype]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device {device!r} is not a device; use cpu | cuda | cuda:N | mps | auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but this torch has no CUDA device; use --device cpu")
-    return device
+GENERATION_CONFIG = "generation_config.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 # ---- saving --------------------------------------------------------------------------------------------
 
-def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: Tokenizer | None = None) -> None:
-    """Write config, weights and tokenizer into `folder` (callers wrap this in `io.atomic_dir`)."""
+def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: Tokenizer | None = None, *,
+                     extra: dict[str, Any] | None = None, generation: dict[str, Any] | None = None) -> None:
+    """Write config, weights and tokenizer into `folder` (callers wrap this in `io.atomic_dir`). `extra` entries
+    go into config.json beside the model config (e.g. where a converted model came from); `generation` is
+    written as generation_config.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lio.write_json(folder / CONFIG, {"lmforge_version": __version__, "lmforge_config": model.config.to_dict()})
-    lio.save_safetensors(model.state_dict_to_save(), folder / WEIGHTS, metadata={"format": "pt"})
+    lio.write_json(folder / CONFIG, {"lmforge_version": __version__, "lmforge_config": model.config.to_dict(),
+                                     **(extra or {})})
+    save_safetensors(model.state_dict_to_save(), folder / WEIGHTS)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save(folder)
+    if generation:
+        lio.write_json(folder / GENERATION_CONFIG, generation)
 
 
-def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> Path:
-    """Save a model (and its tokenizer) as an lmforge checkpoint folder, atomically."""
+def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | None = None, **options: Any) -> Path:
+    """Save a model (and its tokenizer) as an lmforge checkpoint folder, atomically (see `write_checkpoint`)."""
     with lio.atomic_dir(path) as tmp:
-        write_checkpoint(tmp, model, tokenizer)
+        write_checkpoint(tmp, model, tokenizer, **options)
     return Path(path)
 
 
@@ -108,87 +97,6 @@ def is_lmforge_checkpoint(folder: Path) -> bool:
         return False
 
 
-_SKIP_INIT = threading.local()
-
-
-def _skippable(fn):
-    def init(tensor, *args, **kwargs):
-        return tensor if getattr(_SKIP_INIT, "active", False) else fn(tensor, *args, **kwargs)
-
-    init.__wrapped__ = fn
-    return init
-
-
-@contextlib.contextmanager
-def _skip_init() -> Iterator[None]:
-    """Turn `torch.nn.init`'s initialisers into no-ops in this thread (other threads keep initialising): on the
-    meta device they compute nothing, and running them there imports torch._dynamo (about 70 MB and a second),
-    which would dominate loading a small model."""
-    for n in dir(torch.nn.init):
-        fn = getattr(torch.nn.init, n)
-        if n.endswith("_") and not n.startswith("_") and callable(fn) and not hasattr(fn, "__wrapped__"):
-            setattr(torch.nn.init, n, _skippable(fn))
-    _SKIP_INIT.active = True
-    try:
-        yield
-    finally:
-        _SKIP_INIT.active = False
-
-
-def build_empty(config: ModelConfig) -> Transformer:
-    """A model whose parameters are on the meta device (no memory), ready for `load_weights(assign=True)`."""
-    with _skip_init(), torch.device("meta"):
-        return Transformer(config)
-
-
-def materialize_buffers(model: Transformer, device: torch.device) -> None:
-    """Compute the non-persistent buffers (rotary frequencies, sinusoid tables) that weights do not carry."""
-    from .model.blocks import Rotary, rope_parameters, sinusoidal_table
-
-    for module in model.modules():
-        if isinstance(module, Rotary):
-            module.inv_freq = rope_parameters(model.config)[0].to(device)
-        if hasattr(module, "sinusoid"):
-            module.sinusoid = sinusoidal_table(model.config.context_length, model.config.d_model).to(device)
-
-
-def load_weights(
-    model: Transformer,
-    tensors: dict[str, Any] | Any,
-    *,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    source: str,
-) -> Transformer:
-    """Assign tensors (a name -> tensor mapping, or a callable giving them lazily) into a meta model,
-    checking names and shapes; keeps each tensor's single copy."""
-    expected = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys()}
-    names = set(tensors.keys())
-    missing = sorted(set(expected) - names)
-    unexpected = sorted(names - set(expected))
-    if missing:
-        raise CheckpointError(f"{source} is missing {len(missing)} tensor(s): {', '.join(missing[:5])}"
-                              f"{' ...' if len(missing) > 5 else ''}; the file is truncated or was saved from a "
-                              "different model configuration")
-    if unexpected:
-        raise CheckpointError(f"{source} has {len(unexpected)} tensor(s) this model does not have: "
-                              f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}; "
-                              "config.json and the weights disagree (another architecture?)")
-    state = {}
-    for name, ref in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the config expects "
-                                  f"{tuple(ref.shape)}; config.json and the weights disagree")
-        want = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
-        state[name] = tensor.to(device=device, dtype=want)
-    model.load_state_dict(state, strict=False, assign=True)
-    if model.tied:
-        model.lm_head.weight = model.tok_embed.weight
-    materialize_buffers(model, device)
-    return model
-
-
 class _SafetensorsFiles:
     """Lazy name -> tensor view over one or more .safetensors files (memory-mapped)."""
 
@@ -213,29 +121,11 @@ class _SafetensorsFiles:
         return self.where[key].get_tensor(key)
 
 
-def load(
-    path: str | os.PathLike,
-    device: str | torch.device | None = "cpu",
-    dtype: str | torch.dtype | None = None,
-) -> Transformer:
-    """Load a model: an lmforge checkpoint or run folder, or a Hugging Face folder or hub id.
-
-    Returns the `Transformer` in eval mode with `.config` and `.tokenizer`.
-    """
-    from .convert.hub import looks_like_hub_id
-
-    if looks_like_hub_id(path):  # "org/name" that is not a local path: the Hugging Face hub
-        from .convert import from_hf
-
-        return from_hf(str(path), device=device, dtype=dtype)
-    folder = resolve_checkpoint(path)
-    if not is_lmforge_checkpoint(folder):
-        from .convert import from_hf, is_hf_folder
-
-        if is_hf_folder(folder):  # config.json with model_type: a Hugging Face model folder
-            return from_hf(folder, device=device, dtype=dtype)
-        raise CheckpointError(f"{folder / CONFIG} is neither an lmforge config (no 'lmforge_config' key) nor a "
-                              "Hugging Face one (no 'model_type')")
+def load_native(folder: str | os.PathLike, device: str | torch.device | None = "cpu",
+                dtype: str | torch.dtype | None = None) -> Transformer:
+    """Load the lmforge checkpoint in `folder` (see `resolve_checkpoint` for run folders) in eval mode, with
+    `.config` and `.tokenizer`."""
+    folder = Path(folder)
     config = read_config(folder)
     target = resolve_device(device)
     model = build_empty(config)
@@ -247,5 +137,62 @@ def load(
     return model.eval()
 
 
-__all__ = ["save", "load", "write_checkpoint", "resolve_checkpoint", "read_config", "load_weights",
-           "build_empty", "parse_dtype", "resolve_device"]
+# ---- LoRA adapters -------------------------------------------------------------------------------------
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's tensors: every LoRA matrix, plus the task head it was trained with."""
+    heads = head_prefixes(model)
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k or (heads and k.startswith(heads))}
+
+
+def save_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str | None = None) -> Path:
+    """Write the adapter alone: `adapter.safetensors` + `adapter_config.json` (rank, alpha, targets, the head)."""
+    config = model.config
+    if not config.lora:
+        raise ConfigError("this model has no LoRA adapter to save (its config has no lora entry)")
+    head = {k: getattr(config, k) for k in ("head", "num_labels", "labels", "pooling", "pooler")}
+    with lio.atomic_dir(folder) as tmp:
+        save_safetensors(adapter_state(model), tmp / ADAPTER_WEIGHTS)
+        lio.write_json(tmp / ADAPTER_CONFIG, {"lmforge_adapter": "lora", **config.lora, "base_model": base,
+                                              "task_head": head})
+    return Path(folder)
+
+
+def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
+    file = Path(folder) / ADAPTER_CONFIG
+    if not file.exists():
+        raise CheckpointError(f"{folder} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
+    data = lio.read_json(file)
+    if data.get("lmforge_adapter") != "lora":
+        raise CheckpointError(f"{file} is not an lmforge LoRA adapter (no \"lmforge_adapter\": \"lora\")")
+    return data
+
+
+def load_adapter(model: torch.nn.Module, folder: str | os.PathLike) -> torch.nn.Module:
+    """Put a saved adapter (and its task head) on a base model; returns the adapted model (a new one when the
+    head had to be swapped)."""
+    from safetensors.torch import load_file
+
+    info = read_adapter_config(folder)
+    head = info.get("task_head") or {}
+    if head.get("head", "lm") != "lm" and model.config.head != head["head"]:
+        model = with_head(model, head["head"], head["labels"] or [str(i) for i in range(head["num_labels"])],
+                          pooling=head.get("pooling", "cls"), pooler=head.get("pooler"))
+    apply_lora(model, info["rank"], info["alpha"], info["targets"], info.get("dropout", 0.0))
+    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise CheckpointError(f"{folder}: the adapter has tensors this model does not have ({', '.join(unknown[:3])}"
+                              f"{' ...' if len(unknown) > 3 else ''}); was it trained on another base model?")
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise CheckpointError(f"{folder}: {key} has shape {tuple(value.shape)}, the model expects "
+                                  f"{tuple(state[key].shape)}; the adapter belongs to another base model")
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+__all__ = ["save", "write_checkpoint", "resolve_checkpoint", "read_config", "is_lmforge_checkpoint", "load_native",
+           "save_adapter", "load_adapter", "read_adapter_config", "adapter_state", "CONFIG", "WEIGHTS",
+           "GENERATION_CONFIG"]

@@ -23,15 +23,15 @@ from typing import Any, Callable, Literal, get_args, get_origin
 
 # subcommand -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("lmforge.demo:demo", "train a tokenizer and a tiny GPT on a built-in corpus, end to end (~3 min)"),
-    "tokenizer train": ("lmforge.tokenizer_cli:train", "train a BPE, WordPiece, Unigram or character tokenizer"),
-    "tokenizer encode": ("lmforge.tokenizer_cli:encode", "show the tokens of a text"),
+    "demo": ("lmforge.commands.demo:demo", "train a tokenizer and a tiny GPT on a built-in corpus, end to end (~3 min)"),
+    "tokenizer train": ("lmforge.commands.tokenizer:train", "train a BPE, WordPiece, Unigram or character tokenizer"),
+    "tokenizer encode": ("lmforge.commands.tokenizer:encode", "show the tokens of a text"),
     "prepare": ("lmforge.data.prepare:prepare", "tokenize a corpus into memory-mapped token files + manifest"),
     "pretrain": ("lmforge.train.pretrain:pretrain", "pretrain a model: causal LM, masked LM or seq2seq"),
-    "sample": ("lmforge.generate:sample_cli", "sample a continuation from a checkpoint"),
-    "generate": ("lmforge.generate:generate_cli", "generate: greedy, sampling or beam search; one prompt or a file"),
-    "chat": ("lmforge.generate:chat_cli", "chat with a checkpoint in the terminal (streamed, /reset, /exit)"),
-    "eval perplexity": ("lmforge.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
+    "sample": ("lmforge.commands.generate:sample_cli", "sample a continuation from a checkpoint"),
+    "generate": ("lmforge.commands.generate:generate_cli", "generate: greedy, sampling or beam search; one prompt or a file"),
+    "chat": ("lmforge.commands.generate:chat_cli", "chat with a checkpoint in the terminal (streamed, /reset, /exit)"),
+    "eval perplexity": ("lmforge.commands.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
     "finetune classify": ("lmforge.finetune.classify:finetune_classify", "fine-tune a text (or text-pair) classifier "
                           "on a TSV/CSV/JSONL file: full, frozen or LoRA"),
     "finetune ner": ("lmforge.finetune.ner:finetune_ner", "fine-tune a token classifier (NER, BIO tags) on CoNLL files"),
@@ -46,11 +46,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval rouge": ("lmforge.finetune.evaluate:eval_rouge", "ROUGE-1/2/L of a seq2seq model (or of an output file)"),
     "eval zero-shot": ("lmforge.finetune.evaluate:eval_zero_shot", "zero-/few-shot classification by each label's "
                        "log-likelihood"),
-    "lora merge": ("lmforge.adapters.cli:merge_cli", "merge a LoRA adapter into plain weights (export, serving)"),
-    "info": ("lmforge.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
-    "convert from-hf": ("lmforge.convert.api:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
+    "lora merge": ("lmforge.commands.lora:merge_cli", "merge a LoRA adapter into plain weights (export, serving)"),
+    "info": ("lmforge.commands.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
+    "convert from-hf": ("lmforge.commands.convert:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
                         "lmforge checkpoint"),
-    "convert to-hf": ("lmforge.convert.api:to_hf_cli", "export an lmforge checkpoint as a Hugging Face folder"),
+    "convert to-hf": ("lmforge.commands.convert:to_hf_cli", "export an lmforge checkpoint as a Hugging Face folder"),
 }
 
 
@@ -184,7 +184,7 @@ def run(argv: list[str]) -> Any:
             print(_top_help())
             return None
         if argv[0] in ("--version", "-V"):
-            from . import __version__
+            from ._version import __version__
 
             print(f"lmforge {__version__}")
             return None

@@ -27,3 +27,8 @@ class CheckpointError(LmforgeError):
 def choices(values) -> str:
     """Format allowed values for an error message: 'a | b | c'."""
     return " | ".join(str(v) for v in values)
+
+
+def with_article(word: str) -> str:
+    """'an encoder', 'a decoder': a noun with its indefinite article, for messages."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

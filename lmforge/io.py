@@ -65,16 +65,6 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
-def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write tensors to a .safetensors file atomically (contiguous CPU copies, shared storage broken)."""
-    from safetensors.torch import save
-
-    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    payload = save(flat, metadata=metadata)
-    with atomic_write(path, "wb") as f:
-        f.write(payload)
-
-
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write a matplotlib figure as a PNG, atomically, and close it."""
     import io
@@ -88,11 +78,6 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())
     return Path(path)
-
-
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, length=1 << 20)
 
 
 def recover_dir(path: str | os.PathLike) -> Path:

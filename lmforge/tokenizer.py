@@ -26,6 +26,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trai
 from tokenizers import Tokenizer as HFTokenizer
 
 from . import io as lio
+from .corpus import CorpusReader
 from .errors import ConfigError, DataError, LmforgeError, choices
 
 Kind = Literal["bpe", "wordpiece", "unigram", "char"]
@@ -81,6 +82,16 @@ class Tokenizer:
     sep_id = property(lambda self: self._id("sep"))
 
     @property
+    def start_id(self) -> int | None:
+        """The id that opens a sequence: BOS, else [CLS] (BERT-style vocabularies have no BOS)."""
+        return self.bos_id if self.bos_id is not None else self.cls_id
+
+    @property
+    def end_id(self) -> int | None:
+        """The id that closes a sequence: EOS, else [SEP]."""
+        return self.eos_id if self.eos_id is not None else self.sep_id
+
+    @property
     def special_ids(self) -> set[int]:
         ids = {self._tok.token_to_id(t.content) for t in self._tok.get_added_tokens_decoder().values() if t.special}
         ids |= {i for i in (self._id(r) for r in ROLES) if i is not None}
@@ -94,8 +105,7 @@ class Tokenizer:
     @property
     def doc_suffix(self) -> list[int]:
         """Ids that close a document (EOS, or SEP for encoders)."""
-        end = self.eos_id if self.eos_id is not None else self.sep_id
-        return [end] if end is not None else []
+        return [self.end_id] if self.end_id is not None else []
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -408,8 +418,6 @@ def train_tokenizer_files(
     **options: Any,
 ) -> Tokenizer:
     """Train from text/JSONL files or folders (streamed) and save to `out` when given."""
-    from .data.corpus import CorpusReader
-
     reader_options = {k: options.pop(k) for k in list(options) if k in
                       ("text_field", "doc_split", "clean", "normalize", "encoding", "skip_bad_files", "glob")}
     reader = CorpusReader(files, **reader_options)
@@ -428,8 +436,4 @@ def _nonempty(texts: Iterator[str]) -> Iterator[str]:
         raise DataError("the corpus holds no text")
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    return Tokenizer.load(path)
-
-
-__all__ = ["Tokenizer", "train_tokenizer", "train_tokenizer_files", "load_tokenizer", "KINDS", "SPECIALS"]
+__all__ = ["Tokenizer", "train_tokenizer", "train_tokenizer_files", "KINDS", "SPECIALS"]

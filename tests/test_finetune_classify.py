@@ -16,7 +16,8 @@ from lmforge.cli import main
 from lmforge.errors import ConfigError, DataError
 from lmforge.finetune.classify import encode_examples, finetune_classify
 from lmforge.finetune.data import Example, read_examples, split_dev
-from lmforge.finetune.heads import init_embeddings, with_head
+from lmforge.model.heads import with_head
+from lmforge.model.word_vectors import init_embeddings
 from lmforge.finetune.objectives import TaskObjective
 from lmforge.train.logs import read_metrics
 

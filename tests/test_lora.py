@@ -4,12 +4,13 @@ from safetensors.torch import load_file
 
 import lmforge
 from lmforge import ModelConfig, build_model
-from lmforge.adapters.lora import (LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter,
-                                   trainable_fraction)
+from lmforge.checkpoint import load_adapter, save_adapter
+from lmforge.model.lora import LoRALinear, apply_lora, merge_lora, trainable_fraction
 from lmforge.cli import main
 from lmforge.errors import ConfigError
 from lmforge.finetune.classify import finetune_classify
-from lmforge.finetune.heads import apply_method, with_head
+from lmforge.model.heads import with_head
+from lmforge.model.trainable import apply_method
 
 from _finetune_data import TINY, encoder_tokenizer, sentiment_rows, src, tiny_options, way, write_table
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lmforge.data.batches import PreparedData, TokenWindows
-from lmforge.data.corpus import CorpusReader, read_pairs_jsonl
+from lmforge.corpus import CorpusReader, read_pairs_jsonl
 from lmforge.data.prepare import prepare_corpus, prepare_pairs, read_manifest
 from lmforge.errors import DataError, LmforgeError
 from lmforge.tokenizer import train_tokenizer

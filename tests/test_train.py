@@ -82,7 +82,8 @@ def test_loss_falls_for_every_objective(corpus, tmp_path, arch, model, extra):
 def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(corpus, tmp_path, arch, model):
     """Masked LM has a different number of targets in each micro-batch: a per-micro-batch mean would differ."""
     from lmforge.data.batches import PreparedData
-    from lmforge.train.pretrain import build_config, make_objective
+    from lmforge.train.objectives import make_objective
+    from lmforge.train.runs import build_config
     from lmforge.train.trainer import Trainer
 
     data = PreparedData(corpus[arch])
@@ -93,7 +94,7 @@ def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(corpus, tmp_p
         train = tiny_train(batch_size=bs, grad_accum=accum, dtype="fp32")
         torch.manual_seed(0)
         net = lmforge.build_model(config)
-        objective = make_objective("clm" if arch == "decoder" else "mlm", data, tok, 32, train)
+        objective = make_objective("clm" if arch == "decoder" else "mlm", data, tok, 32, train.seed)
         trainer = Trainer(net, objective, train, tmp_path / name, tok)
         trainer.model.eval()  # no dropout: the same function for every split of the batch
         loss_sum, count, _ = trainer.accumulate_gradients(step=3)

@@ -8,13 +8,8 @@ See docs/interop.md for the supported options and the limits.
 """
 
 from .api import from_hf, hf_folder, is_hf_folder, to_hf, write_lmforge
-from .base import REGISTRY, ExportError, family_for
-
-
-def supported_model_types() -> list[str]:
-    family_for("gpt2", "")
-    return sorted(REGISTRY)
-
+from .base import ExportError
+from .registry import supported_model_types
 
 __all__ = ["from_hf", "to_hf", "hf_folder", "is_hf_folder", "write_lmforge", "ExportError",
            "supported_model_types"]

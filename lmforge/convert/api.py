@@ -1,5 +1,5 @@
 """`from_hf` (Hugging Face folder or hub id -> lmforge `Transformer`) and `to_hf` (lmforge -> Hugging Face folder),
-and the `lmforge convert from-hf | to-hf` commands.
+(`lmforge convert from-hf | to-hf` are in `lmforge.commands.convert`).
 
 Loading builds the model on the meta device and assigns each parameter straight from the memory-mapped weight
 files: a tensor stored in the layout and dtype lmforge uses is the parameter itself (no copy); one that must be
@@ -15,22 +15,25 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from .. import __version__
 from .. import io as lio
-from ..checkpoint import (CONFIG, build_empty, is_lmforge_checkpoint, load_weights, parse_dtype, resolve_device)
+from .._version import __version__
+from ..checkpoint import CONFIG, GENERATION_CONFIG, is_lmforge_checkpoint, load_native, resolve_checkpoint, save
 from ..config import ModelConfig
+from ..device import parse_dtype, resolve_device
 from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..model import Transformer
+from ..model.meta import build_empty, load_weights
+from ..tensor_io import PlannedTensor, parse_size, write_safetensors_shards
 from ..tokenizer import Tokenizer
-from .base import REGISTRY, ExportError, Family, HFConfig, Rule, family_for
+from .base import ExportError, Family, HFConfig, Rule
 from .hub import download, looks_like_hub_id
-from .weights import PlannedTensor, WeightFiles, parse_size, stream_safetensors, write_safetensors_shards
+from .registry import REGISTRY, family_for
+from .weights import WeightFiles
 
-GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model")
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -82,13 +85,8 @@ def read_hf_config(folder: Path) -> HFConfig:
         raise CheckpointError(f"cannot read {file}: {e}") from None
     if not isinstance(data, dict) or "model_type" not in data:
         raise CheckpointError(f"{file} has no 'model_type'; lmforge converts Hugging Face configs with model_type "
-                              f"in ({' | '.join(sorted(_families()))})")
+                              f"in ({' | '.join(sorted(REGISTRY))})")
     return HFConfig(data, str(file))
-
-
-def _families() -> dict[str, Family]:
-    family_for("gpt2", "")  # imports and registers every family
-    return REGISTRY
 
 
 class _Converted(Mapping):
@@ -237,7 +235,7 @@ def _load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
 # ---- writing ---------------------------------------------------------------------------------------------
 
 def _export_family(config: ModelConfig, model_type: str | None) -> Family:
-    families = _families()
+    families = REGISTRY
     if model_type is not None:
         if model_type not in families:
             raise ConfigError(f"model_type={model_type!r} cannot be exported; choose one of "
@@ -304,20 +302,18 @@ def export_plan(model: Transformer, family: Family, model_type: str, dtype: torc
 def _source_info(src: str | os.PathLike | Transformer) -> tuple[Transformer, dict[str, Any]]:
     if isinstance(src, Transformer):
         return src, dict(getattr(src, "hf_source", None) or {})
-    from ..checkpoint import load, resolve_checkpoint
-
     folder = resolve_checkpoint(src)
     if is_hf_folder(folder):
         raise CheckpointError(f"{folder} is already a Hugging Face folder (config.json has model_type); "
                               "to-hf reads an lmforge checkpoint")
-    model = load(folder, device="cpu")
+    model = load_native(folder, device="cpu")
     info = dict(lio.read_json(folder / CONFIG).get("hf_source") or {})
     if (folder / GENERATION_CONFIG).exists():
         info["generation_config"] = lio.read_json(folder / GENERATION_CONFIG)
     return model, info
 
 
-def _check_destination(dst: Path, overwrite: bool, src: Any = None) -> None:
+def check_destination(dst: Path, overwrite: bool, src: Any = None) -> None:
     if src is not None and not isinstance(src, Transformer) and Path(src).exists() and dst.exists() and \
             dst.resolve() == Path(src).resolve():
         raise ConfigError(f"the destination {dst} is the source; write the conversion to another folder")
@@ -359,12 +355,12 @@ def to_hf(
     naming it, before anything is written.
     """
     dst = Path(dst)
-    _check_destination(dst, overwrite, src)
+    check_destination(dst, overwrite, src)
     shard_bytes = parse_size(max_shard_size)
     model, info = _source_info(src)
     config = model.config
     wanted = model_type or info.get("model_type")
-    family = _export_family(config, wanted if wanted in _families() else None)
+    family = _export_family(config, wanted if wanted in REGISTRY else None)
     chosen = family.export_model_type(config, model_type or (info.get("model_type")
                                                              if info.get("model_type") in family.model_types else None))
     hf_config = family.to_hf_config(config, chosen)
@@ -404,73 +400,12 @@ def to_hf(
 # ---- lmforge checkpoint from a Hugging Face model ---------------------------------------------------------
 
 def write_lmforge(model: Transformer, dst: Path) -> None:
-    """Write `model` as an lmforge checkpoint (same files as checkpoint.save), streaming the weights, and keep
-    where it came from (model_type, generation config) for a later export."""
-    with lio.atomic_dir(dst) as tmp:
-        data: dict[str, Any] = {"lmforge_version": __version__, "lmforge_config": model.config.to_dict()}
-        info = dict(getattr(model, "hf_source", None) or {})
-        generation = info.pop("generation_config", None)
-        if info:
-            data["hf_source"] = info
-        lio.write_json(tmp / CONFIG, data)
-        state = model.state_dict_to_save()
-        stream_safetensors(tmp / "model.safetensors", [
-            PlannedTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in state.items()])
-        if model.tokenizer is not None:
-            model.tokenizer.save(tmp)
-        if generation:
-            lio.write_json(tmp / GENERATION_CONFIG, generation)
-
-
-# ---- CLI ---------------------------------------------------------------------------------------------------
-
-def from_hf_cli(src: str, dst: str, *, dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
-                tokenizer: bool = True, overwrite: bool = False, revision: str | None = None) -> Path:
-    """Convert a Hugging Face model (folder or hub id org/name) into an lmforge checkpoint folder.
-
-    Args:
-        src: Hugging Face model folder (config.json with model_type, safetensors weights, tokenizer.json) or hub id
-        dst: new lmforge checkpoint folder
-        dtype: dtype of the written weights; auto keeps the stored one
-        tokenizer: convert the tokenizer too (--no-tokenizer for the weights alone)
-        overwrite: replace dst if it exists
-        revision: hub revision (branch, tag or commit) when src is a hub id
-    """
-    dst_path = Path(dst)
-    _check_destination(dst_path, overwrite, src)
-    model = from_hf(src, device="cpu", dtype=None if dtype == "auto" else dtype, tokenizer=tokenizer,
-                    revision=revision)
-    write_lmforge(model, dst_path)
-    n = model.num_parameters()
-    print(f"converted {model.hf_source['model_type']} ({', '.join(model.hf_source.get('architectures') or [])}) "
-          f"-> {dst_path}: {n / 1e6:.1f}M parameters, {DTYPE_NAMES.get(model.dtype, model.dtype)}"
-          f"{', tokenizer ' + str(model.tokenizer.vocab_size) + ' tokens' if model.tokenizer else ''}")
-    return dst_path
-
-
-def to_hf_cli(src: str, dst: str, *, model_type: str | None = None,
-              dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto", max_shard_size: str = "5GB",
-              tokenizer: bool = True, overwrite: bool = False) -> Path:
-    """Export an lmforge checkpoint as a Hugging Face folder that transformers' from_pretrained loads.
-
-    Args:
-        src: lmforge checkpoint folder (or training run folder: its best/ or last/)
-        dst: new Hugging Face folder
-        model_type: target model_type (gpt2 | llama | mistral | qwen2 | bert | roberta | bart); default: the one the
-            model came from, else the one its options imply
-        dtype: dtype of the written weights; auto keeps the model's
-        max_shard_size: split the weights into shards of at most this size (e.g. 5GB, 500MB)
-        tokenizer: export the tokenizer too (--no-tokenizer for the weights alone)
-        overwrite: replace dst if it exists
-    """
-    out = to_hf(src, dst, model_type=model_type, dtype=None if dtype == "auto" else dtype,
-                max_shard_size=max_shard_size, tokenizer=tokenizer, overwrite=overwrite)
-    hf = lio.read_json(out / CONFIG)
-    files = sorted(p.name for p in out.iterdir())
-    print(f"exported {hf['model_type']} ({', '.join(hf['architectures'])}, {hf['dtype']}) -> {out}: "
-          f"{', '.join(files)}")
-    return out
+    """Write `model` as an lmforge checkpoint, keeping where it came from (model_type, generation config) for a
+    later export."""
+    info = dict(getattr(model, "hf_source", None) or {})
+    generation = info.pop("generation_config", None)
+    save(model, dst, extra={"hf_source": info} if info else None, generation=generation)
 
 
 __all__ = ["from_hf", "to_hf", "hf_folder", "is_hf_folder", "read_hf_config", "export_plan", "write_lmforge",
-           "from_hf_cli", "to_hf_cli"]
+           "hf_model_config", "check_destination", "DTYPE_NAMES"]

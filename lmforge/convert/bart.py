@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, register, require
+from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, require
 
 BART_EPS = 1e-5  # transformers' BART uses nn.LayerNorm's default epsilon everywhere
 
@@ -130,4 +130,4 @@ class Bart(Family):
         }
 
 
-register(Bart())
+FAMILY = Bart()

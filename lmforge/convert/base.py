@@ -9,7 +9,6 @@ read forwards to load and backwards to export, so the two directions cannot drif
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -178,27 +177,4 @@ class Family:
         return {}
 
 
-REGISTRY: dict[str, Family] = {}
-
-
-def register(family: Family) -> Family:
-    for model_type in family.model_types:
-        REGISTRY[model_type] = family
-    return family
-
-
-def family_for(model_type: Any, source: str) -> Family:
-    from . import bart, bert, gpt2, llama  # noqa: F401  (registration)
-
-    if model_type not in REGISTRY:
-        raise CheckpointError(f"{source}: model_type={model_type!r} is not supported; lmforge converts "
-                              f"{choices(sorted(REGISTRY))}")
-    return REGISTRY[model_type]
-
-
-def layer_index(name: str) -> int | None:
-    m = re.search(r"\.layers?\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
-__all__ = ["Rule", "HFConfig", "Family", "REGISTRY", "register", "family_for", "ExportError", "cannot_export"]
+__all__ = ["Rule", "HFConfig", "Family", "ExportError", "cannot_export"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, register, require
+from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, require
 
 
 class Bert(Family):
@@ -187,4 +187,4 @@ class Bert(Family):
         return out
 
 
-register(Bert())
+FAMILY = Bert()

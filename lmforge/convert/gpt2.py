@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from ..config import ModelConfig
-from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, register, require
+from .base import LM_ACTIVATIONS, Family, HFConfig, Rule, activation_from_hf, cannot_export, require
 
 
 class GPT2(Family):
@@ -110,4 +110,4 @@ class GPT2(Family):
         }
 
 
-register(GPT2())
+FAMILY = GPT2()

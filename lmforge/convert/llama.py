@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import choices
-from .base import Family, HFConfig, Rule, cannot_export, register, require
+from .base import Family, HFConfig, Rule, cannot_export, require
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
 GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu"}
@@ -204,4 +204,4 @@ class Llama(Family):
         return hf
 
 
-register(Llama())
+FAMILY = Llama()

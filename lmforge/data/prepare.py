@@ -27,7 +27,7 @@ import numpy as np
 from .. import io as lio
 from ..errors import DataError, LmforgeError
 from ..tokenizer import Tokenizer
-from .corpus import CorpusReader, read_pairs_jsonl, read_parallel
+from ..corpus import CorpusReader, read_pairs_jsonl, read_parallel
 
 FORMAT = "lmforge-tokens"
 VERSION = 1

@@ -19,7 +19,8 @@ from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Example, check_known_labels, discover_labels, read_examples
-from .heads import ARCHS, check_arch, init_embeddings, with_head
+from ..model.heads import check_arch, with_head
+from ..model.word_vectors import init_embeddings
 from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
                    resumed_model, train_and_dev)
@@ -115,7 +116,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
             raise DataError(f"{args['train']}: only one label ({labels[0]!r}) in column {args['label_column']!r}; "
                             "classification needs at least two")
         base = base_model(args, lambda: (t for ex in examples for t in ex.texts), train, notes)
-        check_arch(base.config, ARCHS["classify"], "classification", f"--model {args['model']}")
+        check_arch(base.config, ("encoder", "decoder"), "classification", f"--model {args['model']}")
         model = with_head(base, "classify", labels, pooling=args.get("pooling"), seed=train.seed)
         tokenizer = model.tokenizer
         del base

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import io as lio
-from ..data.corpus import json_object, read_lines, read_text_blocks
+from ..corpus import json_object, read_lines, read_text_blocks
 from ..errors import DataError
 
 

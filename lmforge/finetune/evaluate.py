@@ -225,7 +225,8 @@ def eval_zero_shot(
         out: folder for report.json
         device: cpu, cuda or auto
     """
-    from ..checkpoint import load, resolve_device
+    from ..device import resolve_device
+    from ..loading import load
     from ..generate.prompting import few_shot_prompt, score_continuations
 
     every = read_examples(data, [text_column], label_column)

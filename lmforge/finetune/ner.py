@@ -20,7 +20,8 @@ from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Sentence, check_known_tags, read_conll, tag_labels
-from .heads import ARCHS, check_arch, init_embeddings, with_head
+from ..model.heads import check_arch, with_head
+from ..model.word_vectors import init_embeddings
 from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
                    resumed_model, train_and_dev)
@@ -155,7 +156,7 @@ def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> 
         if len(tags) < 2:
             raise DataError(f"{args['train']}: only the tag {tags[0]!r} occurs; NER needs entity tags (B-X, I-X)")
         base = base_model(args, lambda: (" ".join(s.words) for s in sentences), train, notes)
-        check_arch(base.config, ARCHS["tag"], "NER (token classification)", f"--model {args['model']}")
+        check_arch(base.config, ("encoder", "decoder"), "NER (token classification)", f"--model {args['model']}")
         model = with_head(base, "tag", tags, seed=train.seed)
         tokenizer = model.tokenizer
         del base

@@ -153,6 +153,8 @@ class TaskObjective(RowsObjective):
     """Cross-entropy of a classification or tagging head; the target count is the sum of class weights (the
     number of targets without weights), so the loop's normalisation gives the weighted mean."""
 
+    perplexity = False  # labels, not tokens: exp(loss) means nothing here
+
     def __init__(self, name: str, train: Rows, dev: Rows | None, pad_id: int, seed: int, batch_size: int,
                  class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__(name, train, dev, pad_id, seed, batch_size, label_smoothing)

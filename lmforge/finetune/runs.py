@@ -8,26 +8,27 @@ A task module supplies a builder `build(args, train, resumed) -> Task`; `start` 
 from __future__ import annotations
 
 import contextlib
-import datetime
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
-from .. import __version__
 from .. import io as lio
-from ..checkpoint import load as load_checkpoint
+from ..checkpoint import save_adapter
+from ..device import resolve_device
+from ..loading import load as load_checkpoint
 from ..config import PRESETS, ModelConfig, parse_overrides
 from ..errors import ConfigError, DataError, LmforgeError
 from ..model import Transformer
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.objectives import Objective
 from ..train.options import TrainConfig
-from ..train.pretrain import build_config, check_out_folder, read_run
+from ..train.runs import build_config, check_out_folder, read_run, write_run
 from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files, split_dev
-from .heads import apply_method, restore_method
+from ..model.lora import merge_lora
+from ..model.trainable import apply_method, restore_method
 
 EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv")
 
@@ -227,13 +228,8 @@ def start(command: str, args: dict[str, Any], train: FinetuneConfig,
     task = build(args, train, None)
     out.mkdir(parents=True, exist_ok=True)
     if dist.main:
-        lio.write_json(out / "run.json", {
-            "lmforge_version": __version__, "command": command, "objective": task.name,
-            "data": task.data_files[0] if task.data_files else None, "args": args,
-            "data_sha256": sha256_files(task.data_files), "model_config": task.model.config.to_dict(),
-            "method": task.method, "train": train.to_dict(),
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
+        write_run(out, command, task.name, task.data_files[0] if task.data_files else None, task.model.config, train,
+                  args=args, data_sha256=sha256_files(task.data_files), method=task.method)
     dist.barrier()
     return execute(task, train, out, args, resume=False)
 
@@ -278,8 +274,6 @@ def execute(task: Task, train: FinetuneConfig, out: Path, args: dict[str, Any], 
         return summary
     best = load_checkpoint(out)
     if best.config.lora:
-        from ..adapters.lora import save_adapter
-
         save_adapter(best, out / "adapter", base=args.get("model"))
     plot_dev_metric(out / "metrics.jsonl", out / "dev_metric.png", out.name)
     report = task.finish(best, out)
@@ -341,9 +335,6 @@ HEAD_NAMES = {"classify": ("a classifier", "classify"), "tag": ("a tagger", "ner
 def load_for_inference(checkpoint: str, device: str = "auto", head: str | None = None) -> Transformer:
     """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `head`
     (classify | tag), a model with another head is a one-line error naming the command that makes one."""
-    from ..adapters.lora import merge_lora
-    from ..checkpoint import resolve_device
-
     model = load_checkpoint(checkpoint, device=resolve_device(device), dtype="fp32")
     if head and model.config.head != head:
         what, task = HEAD_NAMES[head]

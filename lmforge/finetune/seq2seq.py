@@ -26,7 +26,7 @@ from ..errors import ConfigError, LmforgeError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import read_aligned, split_dev
-from .heads import check_arch
+from ..model.heads import check_arch
 from .objectives import CausalObjective, ListPairs, PairObjective, Rows
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode, is_model_path,
                    resumed_model)

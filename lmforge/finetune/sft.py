@@ -24,7 +24,7 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from ..train.trainer import eval_loss
 from .data import read_chats
-from .heads import check_arch
+from ..model.heads import check_arch
 from .objectives import CausalObjective, Rows
 from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
                    resumed_model, train_and_dev)

@@ -1,15 +1,14 @@
 """Decoding: greedy, sampling, beam search, batching, streaming, chat and prompting helpers.
 
 `generate(model, prompt_or_prompts, **options)` is the entry point (also `lmforge.generate`); the options keep
-transformers' names and meanings. The command-line entries are `sample_cli`, `generate_cli` and `chat_cli`.
+transformers' names and meanings. The command-line entries are in `lmforge.commands.generate`.
 """
 
 from .api import GenerationOutput, generate, stream_text
 from .chat import ChatSession, chat_repl
-from .cli import chat_cli, generate_cli, sample_cli
 from .options import GenerationOptions
 from .prompting import ContinuationScore, choose, few_shot_prompt, score_continuations
 
 __all__ = ["generate", "GenerationOutput", "GenerationOptions", "stream_text", "ChatSession", "chat_repl",
-           "sample_cli", "generate_cli", "chat_cli", "few_shot_prompt", "score_continuations", "choose",
+           "few_shot_prompt", "score_continuations", "choose",
            "ContinuationScore"]

@@ -17,10 +17,9 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..model.cache import KVCache
-from ..model.fast import Linear, fast_inference, linear
+from ..model.fast import fast_inference
 from . import processors as P
 from .options import GenerationOptions
 from .text import IncrementalDecoder, StopMatcher
@@ -58,11 +57,7 @@ class Runner:
     # ---- model calls -----------------------------------------------------------------------------------
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float logits (N, V) of the last position."""
-        model = self.model
-        head = model.lm_head
-        if model.mlm_dense is None and type(head) in (nn.Linear, Linear):  # the plain LM head: the fast path
-            return linear(hidden[:, -1], head.weight, head.bias).float()
-        return model.head_logits(hidden, last_only=True)[:, -1].float()
+        return self.model.last_logits(hidden)
 
     def start(self) -> torch.Tensor:
         """Logits (B, V) for the first new token."""
@@ -89,7 +84,8 @@ class Runner:
                 self.mask = full
         else:
             self.seq = self.ids
-        hidden = model.encode(self.ids, self.mask[:, : self.prompt_len] if self.padded else None, cache=self.cache)
+        hidden = model.decode(self.ids, decoder_attention_mask=self.mask[:, : self.prompt_len] if self.padded else None,
+                              cache=self.cache)
         return self._logits(hidden)
 
     def expand(self, n: int) -> None:
@@ -133,13 +129,13 @@ class Runner:
             return self._logits(hidden)
         if self.cache is not None:
             mask = self.mask[:, : self.cache.length + 1] if self.mask is not None else None
-            return self._logits(model.encode(tokens, mask, cache=self.cache))
+            return self._logits(model.decode(tokens, decoder_attention_mask=mask, cache=self.cache))
         self.seq = torch.cat([self.seq, tokens], dim=1)
         mask = None
         if self.mask is not None:
             self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
             mask = self.mask
-        return self._logits(model.encode(self.seq, mask))
+        return self._logits(model.decode(self.seq, decoder_attention_mask=mask))
 
 
 # ---- per-row state -------------------------------------------------------------------------------------

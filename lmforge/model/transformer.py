@@ -19,6 +19,8 @@ from ..config import ModelConfig
 from ..errors import LmforgeError
 from .blocks import AttnMask, Block, Rotary, activation_fn, build_attn_mask, make_norm, sinusoidal_table
 from .cache import KVCache
+from .fast import Linear, linear
+from .lora import apply_lora
 
 
 class Stack(nn.Module):
@@ -124,9 +126,7 @@ class Transformer(nn.Module):
         self._init_residual_scale()
         if self.tied:
             self.lm_head.weight = self.tok_embed.weight
-        if config.lora:  # LoRA layer swap, rebuilt from the config (lmforge.adapters.lora)
-            from ..adapters.lora import apply_lora
-
+        if config.lora:  # LoRA layer swap, rebuilt from the config
             apply_lora(self, **config.lora)
 
     # ---- construction ---------------------------------------------------------------------------------
@@ -174,9 +174,11 @@ class Transformer(nn.Module):
 
     # ---- properties -----------------------------------------------------------------------------------
     @property
-    def num_decoder_layers(self) -> int:
-        stack = self.decoder if self.decoder is not None else self.encoder
-        return stack.n_layers
+    def cache_layers(self) -> int:
+        """Layers that keep keys and values while decoding (the decoder's); encoders do not decode."""
+        if self.decoder is None:
+            raise LmforgeError("an encoder-only model has no decoder and keeps no KV cache")
+        return self.decoder.n_layers
 
     @property
     def device(self) -> torch.device:
@@ -204,25 +206,29 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Final hidden states (B, T, d_model): the encoder's for encoder and encoder-decoder models."""
+        """Final hidden states (B, T, d_model) of the input: the encoder's for encoder and encoder-decoder models,
+        the decoder's for decoder-only models."""
         self._check_ids(input_ids)
         stack = self.encoder if self.encoder is not None else self.decoder
-        return stack(self.tok_embed, input_ids, attention_mask, position_ids, token_type_ids,
-                     cache if stack is self.decoder else None)
+        return stack(self.tok_embed, input_ids, attention_mask, position_ids, token_type_ids)
 
     def decode(
         self,
         decoder_input_ids: torch.Tensor,
-        encoder_hidden: torch.Tensor,
+        encoder_hidden: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         decoder_position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Decoder hidden states of an encoder-decoder model, attending to `encoder_hidden`."""
+        """Decoder hidden states (B, T, d_model), continuing the sequence held by `cache` when given (the step of
+        generation). Encoder-decoder models attend to `encoder_hidden`; decoder-only models take none."""
         self._check_ids(decoder_input_ids)
+        if self.decoder is None:
+            raise LmforgeError("this is an encoder-only model (BERT-style): it has no decoder")
+        if (encoder_hidden is None) != (self.config.arch == "decoder"):
+            raise LmforgeError("encoder_hidden is needed by an encoder-decoder model and taken by no other")
         return self.decoder(self.tok_embed, decoder_input_ids, decoder_attention_mask, decoder_position_ids,
                             None, cache, memory=encoder_hidden, memory_mask=encoder_mask)
 
@@ -253,7 +259,11 @@ class Transformer(nn.Module):
             hidden = self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask,
                                  decoder_position_ids, cache)
             return self.head_logits(hidden, decoder_attention_mask, last_only)
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids, cache)
+        if self.config.arch == "decoder":
+            self._check_ids(input_ids)
+            hidden = self.decoder(self.tok_embed, input_ids, attention_mask, position_ids, token_type_ids, cache)
+        else:
+            hidden = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
         return self.head_logits(hidden, attention_mask, last_only)
 
     def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -272,6 +282,14 @@ class Transformer(nn.Module):
                                                                         self.config.activation))
             hidden = self.mlm_norm(act(self.mlm_dense(hidden)))
         return self.lm_head(hidden)
+
+    def last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float logits (B, vocab) of the language-model head at the last position of `hidden` (B, T, d_model):
+        what decoding needs at each step. A plain linear LM head goes through the fast inference path."""
+        head = self.lm_head
+        if self.mlm_dense is None and type(head) in (nn.Linear, Linear):
+            return linear(hidden[:, -1], head.weight, head.bias).float()
+        return self.head_logits(hidden, last_only=True)[:, -1].float()
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One vector per sequence: the first token (cls), the mean of real tokens, or the last real token."""

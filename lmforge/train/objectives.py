@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.batches import PairSet, TokenWindows, mask_tokens
-from ..errors import DataError
+from ..config import ModelConfig
+from ..data.batches import PairSet, PreparedData, TokenWindows, mask_tokens
+from ..errors import ConfigError, DataError, with_article
 from ..model import Transformer, cross_entropy
 from ..tokenizer import Tokenizer
 
@@ -34,7 +35,7 @@ def _pad(rows: list[np.ndarray | list[int]], value: int) -> torch.Tensor:
 
 class Objective:
     name = "objective"
-    metric = "loss"  # what eval reports besides loss
+    perplexity = True  # the loss is per predicted token, so exp(loss) is a perplexity worth reporting
 
     def batch(self, first: int, size: int) -> Batch:
         raise NotImplementedError
@@ -96,8 +97,7 @@ class MaskedLM(Objective):
         if tokenizer.mask_id is None:
             raise DataError("masked LM needs a tokenizer with a mask token; train it with "
                             "`lmforge tokenizer train ... --arch encoder`")
-        self.cls = tokenizer.cls_id if tokenizer.cls_id is not None else tokenizer.bos_id
-        self.sep = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eos_id
+        self.cls, self.sep = tokenizer.start_id, tokenizer.end_id
         if self.cls is None or self.sep is None:
             raise DataError("masked LM needs [CLS]/[SEP] (or BOS/EOS) tokens; train the tokenizer with --arch encoder")
         self.nsp = nsp
@@ -173,8 +173,7 @@ class Seq2Seq(Objective):
     def __init__(self, train: PairSet, val: PairSet | None, context: int, seed: int, tokenizer: Tokenizer,
                  label_smoothing: float = 0.0) -> None:
         self.train, self.val, self.context, self.seed = train, val, context, seed
-        self.bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.cls_id
-        self.eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id
+        self.bos, self.eos = tokenizer.start_id, tokenizer.end_id
         self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         if self.bos is None or self.eos is None:
             raise DataError("seq2seq needs BOS and EOS tokens; train the tokenizer with --arch encoder_decoder")
@@ -225,3 +224,35 @@ class Seq2Seq(Objective):
 
     def tokens(self, batch: Batch) -> int:
         return int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
+
+
+# ---- choosing an objective -------------------------------------------------------------------------------
+
+ARCH_OF = {"clm": "decoder", "mlm": "encoder", "seq2seq": "encoder_decoder"}
+EXAMPLES = {"decoder": "gpt-mini, llama-tiny, gpt2-124m", "encoder": "bert-mini, bert-base",
+            "encoder_decoder": "transformer-small, transformer-base"}
+
+
+def default_objective(arch: str) -> str:
+    """The pretraining objective of an architecture: clm (decoder), mlm (encoder), seq2seq (encoder-decoder)."""
+    return {v: k for k, v in ARCH_OF.items()}[arch]
+
+
+def check_objective(objective: str, config: ModelConfig, source: str) -> None:
+    want = ARCH_OF[objective]
+    if config.arch != want:
+        raise ConfigError(f"objective {objective} needs {with_article(want)} model ({EXAMPLES[want]}); {source} is "
+                          f"{with_article(config.arch)}")
+
+
+def make_objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, seed: int, *,
+                   train_split: str = "train", val_split: str = "val", mlm_probability: float = 0.15,
+                   nsp: bool = False, label_smoothing: float = 0.0) -> Objective:
+    """The objective `name` (clm | mlm | seq2seq) over a prepared data folder's splits."""
+    if name == "seq2seq":
+        val = data.pairs(val_split)
+        return Seq2Seq(data.pairs(train_split), val if len(val) else None, context, seed, tokenizer, label_smoothing)
+    val = data.tokens(val_split)
+    if name == "mlm":
+        return MaskedLM(data.tokens(train_split), val, context, seed, tokenizer, mlm_probability, nsp)
+    return CausalLM(data.tokens(train_split), val, context, seed)

@@ -7,88 +7,24 @@ A run folder holds `run.json` (everything needed to resume), `last/` and `best/`
 
 from __future__ import annotations
 
-import datetime
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from .. import __version__
-from .. import io as lio
 from ..config import ModelConfig, parse_overrides
 from ..data.batches import PreparedData
 from ..data.prepare import check_tokenizer
 from ..errors import ConfigError, LmforgeError
+from ..loading import load
 from ..model import Transformer
 from ..tokenizer import Tokenizer
-from .objectives import CausalLM, MaskedLM, Objective, Seq2Seq
+from .objectives import EXAMPLES, Objective, check_objective, default_objective, make_objective
 from .options import TrainConfig
+from .runs import build_config, check_out_folder, read_run, write_run
 from .trainer import Trainer, setup_distributed
 
 ObjectiveName = Literal["auto", "clm", "mlm", "seq2seq"]
-ARCH_OF = {"clm": "decoder", "mlm": "encoder", "seq2seq": "encoder_decoder"}
-EXAMPLES = {"decoder": "gpt-mini, llama-tiny, gpt2-124m", "encoder": "bert-mini, bert-base",
-            "encoder_decoder": "transformer-small, transformer-base"}
-RUN_FILES = ("run.json", "last", "best", "metrics.jsonl", "metrics.csv", "tensorboard", "loss.png", "summary.json")
-
-
-def default_objective(arch: str) -> str:
-    return {v: k for k, v in ARCH_OF.items()}[arch]
-
-
-def check_objective(objective: str, config: ModelConfig, source: str) -> None:
-    want = ARCH_OF[objective]
-    if config.arch != want:
-        def a(word: str) -> str:
-            return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
-
-        raise ConfigError(f"objective {objective} needs {a(want)} model ({EXAMPLES[want]}); {source} is "
-                          f"{a(config.arch)}")
-
-
-def make_objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
-    if name == "seq2seq":
-        val = data.pairs("val")
-        return Seq2Seq(data.pairs("train"), val if len(val) else None, context, train.seed, tokenizer,
-                       train.label_smoothing)
-    val = data.tokens("val")
-    if name == "mlm":
-        return MaskedLM(data.tokens("train"), val, context, train.seed, tokenizer, train.mlm_probability, train.nsp)
-    return CausalLM(data.tokens("train"), val, context, train.seed)
-
-
-def check_out_folder(out: Path, overwrite: bool, extra: tuple[str, ...] = ()) -> None:
-    """Refuse a non-empty --out unless overwrite is set; then remove the files of a run there (and `extra` ones)."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if overwrite:
-        for name in RUN_FILES + tuple(extra):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        return
-    run_file = out / "run.json"
-    if run_file.exists():
-        run = lio.read_json(run_file)
-        raise LmforgeError(f"{out} already holds a run ({run.get('objective')} on {run.get('data')}); continue it with "
-                           f"`lmforge {run.get('command', 'pretrain')} --resume {out}`, choose another --out, or pass --overwrite to replace it")
-    raise LmforgeError(f"{out} is not empty and is not an lmforge run; choose another --out or pass --overwrite")
-
-
-def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, context: int | None,
-                 objective: str) -> ModelConfig:
-    values: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_id,
-                              "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.cls_id,
-                              "eos_token_id": tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.sep_id}
-    if context:
-        values["context_length"] = context
-    if objective == "seq2seq":
-        values["decoder_start_token_id"] = tokenizer.bos_id
-    values.update(overrides)
-    return ModelConfig.from_name(preset, **values)
 
 
 def pretrain(
@@ -130,9 +66,7 @@ def pretrain(
     tokenizer = prepared.tokenizer()
     torch.manual_seed(train.seed)
     if init:
-        import lmforge
-
-        net = lmforge.load(init)
+        net = load(init)
         if net.tokenizer is not None:
             check_tokenizer(prepared.manifest, net.tokenizer, data, init)
         config = net.config
@@ -157,37 +91,14 @@ def pretrain(
         raise ConfigError(f"--context={context} is longer than the model's context_length={config.context_length}")
     if prepared.kind == "pairs" and name != "seq2seq":
         raise ConfigError(f"{data} holds source/target pairs; pair data trains seq2seq models ({EXAMPLES['encoder_decoder']})")
-    obj = make_objective(name, prepared, tokenizer, context, train)
+    obj = _objective(name, prepared, tokenizer, context, train)
     out_path.mkdir(parents=True, exist_ok=True)
     if dist.main:
-        lio.write_json(out_path / "run.json", {
-            "lmforge_version": __version__, "command": "pretrain", "objective": name,
-            "model": model if not init else None, "init": str(Path(init).resolve()) if init else None,
-            "data": str(Path(data).resolve()), "tokenizer_sha256": tokenizer.sha256,
-            "model_config": config.to_dict(), "train": train.to_dict(),
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
+        write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
+                  model=model if not init else None, init=str(Path(init).resolve()) if init else None,
+                  tokenizer_sha256=tokenizer.sha256)
     dist.barrier()
     return _run(net, obj, train, out_path, tokenizer, resume=False)
-
-
-def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig
-             ) -> tuple[dict[str, Any], TrainConfig]:
-    """A run folder's run.json and training options, with the resuming command's --max-steps, --max-time and
-    --progress applied (and recorded in run.json)."""
-    run_file = run / "run.json"
-    if not run_file.exists():
-        raise LmforgeError(f"{run} is not a run folder (no run.json); give the --out folder of an earlier run")
-    info = lio.read_json(run_file)
-    train = config_cls.from_dict(info["train"])
-    changes = {k: getattr(overrides, k) for k in ("max_steps", "max_time") if getattr(overrides, k) is not None}
-    changes["progress"] = overrides.progress
-    if changes:
-        train = config_cls.from_dict({**train.to_dict(), **changes})
-        info["train"] = train.to_dict()
-        if setup_distributed().main:
-            lio.write_json(run_file, info)
-    return info, train
 
 
 def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
@@ -201,8 +112,13 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     config = ModelConfig.from_dict(info["model_config"])
     torch.manual_seed(train.seed)
     net = Transformer(config)
-    obj = make_objective(info["objective"], prepared, tokenizer, train.context or config.context_length, train)
+    obj = _objective(info["objective"], prepared, tokenizer, train.context or config.context_length, train)
     return _run(net, obj, train, run, tokenizer, resume=True)
+
+
+def _objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
+    return make_objective(name, data, tokenizer, context, train.seed, mlm_probability=train.mlm_probability,
+                          nsp=train.nsp, label_smoothing=train.label_smoothing)
 
 
 def _run(net: Transformer, objective: Objective, train: TrainConfig, out: Path, tokenizer: Tokenizer,

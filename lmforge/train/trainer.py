@@ -1,6 +1,7 @@
 """The one training loop, for every objective (pretraining and fine-tuning).
 
-It takes a model, an objective (batches + loss) and `TrainConfig`; it knows nothing about the task. Switches,
+It takes a model, an objective (batches + loss) and `TrainConfig`; what it reports at evaluation (the loss, and a
+perplexity when the objective predicts tokens, plus any task metric of `on_eval`) comes from them, not from a task. Switches,
 not forks: autocast (bf16 on CUDA), `torch.compile`, gradient accumulation with exact loss normalisation,
 clipping, warm-up + cosine schedule, periodic evaluation, early stopping, best/last checkpoints, and
 multi-process data parallelism under `torchrun` (rank-aware logging, checkpointing and data sharding).
@@ -13,7 +14,6 @@ function of the step, so a run killed at any moment and resumed logs the same lo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from .. import io as lio
-from ..checkpoint import parse_dtype, resolve_device, write_checkpoint
+from ..checkpoint import write_checkpoint
+from ..device import native_bf16, parse_dtype, resolve_device
+from ..tensor_io import save_safetensors
 from ..errors import CheckpointError, LmforgeError
 from ..model import Transformer
 from .logs import MetricsLogger, plot_losses
@@ -172,17 +174,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matrix multiplies are native (and so faster than fp32) on this device: CUDA GPUs with bf16,
-    and CPUs with AVX512-BF16 or AMX, where they run 2-4x faster than fp32 ones."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = torch.cpu
-        return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
-
-
 class ObjectiveModule(nn.Module):
     """model + objective as one module whose forward returns (summed loss, target count)."""
 
@@ -298,8 +289,8 @@ class Trainer:
             with lio.atomic_dir(self.out / "last") as tmp:
                 write_checkpoint(tmp, self.model, self.tokenizer)
                 (tmp / STATE_DIR).mkdir()
-                lio.save_safetensors(opt_tensors, tmp / STATE_DIR / "optimizer.safetensors")
-                lio.save_safetensors(rng_tensors, tmp / STATE_DIR / "rng.safetensors")
+                save_safetensors(opt_tensors, tmp / STATE_DIR / "optimizer.safetensors")
+                save_safetensors(rng_tensors, tmp / STATE_DIR / "rng.safetensors")
                 lio.write_json(tmp / STATE_DIR / "trainer_state.json", {
                     "state": asdict(self.state), "optimizer": opt_meta, "rng": rng_meta,
                     "max_steps": self.max_steps, "samples_seen": self.state.step * self.samples_per_step,
@@ -351,7 +342,7 @@ class Trainer:
         self.model.train()
         if count == 0:
             return None
-        return {"loss": val, "ppl": math.exp(min(val, 50.0))}
+        return {"loss": val, **({"ppl": math.exp(min(val, 50.0))} if self.objective.perplexity else {})}
 
     def _after_eval(self, result: dict[str, Any] | None, logger: MetricsLogger | None) -> bool:
         """Log, keep the best checkpoint, and decide early stopping. Returns True to stop."""
@@ -373,7 +364,7 @@ class Trainer:
         if self.dist.main:
             from tqdm.auto import tqdm
 
-            shown = f"val loss {result['loss']:.4f} (ppl {result['ppl']:.2f})"
+            shown = f"val loss {result['loss']:.4f}" + (f" (ppl {result['ppl']:.2f})" if "ppl" in result else "")
             if "value" in result:
                 shown += f", {result.get('metric', 'metric')} {result['value']:.4f}"
             best = " (best)" if self.state.best_step == self.state.step else f" (best at step {self.state.best_step})"
@@ -493,6 +484,3 @@ class Trainer:
                 **({k: v for k, v in last.items() if k not in ("loss", "ppl")}),
                 "out": str(self.out)}
 
-
-def summary_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2)

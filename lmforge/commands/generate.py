@@ -17,7 +17,7 @@ from ..errors import ConfigError, LmforgeError
 
 
 def _load(checkpoint: str, device: str, dtype: str):
-    from ..checkpoint import load
+    from ..loading import load
 
     model = load(checkpoint, device=device, dtype=dtype)
     if model.tokenizer is None:
@@ -73,7 +73,7 @@ def sample_cli(
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
     """
-    from .api import generate
+    from ..generate.api import generate
 
     model = _load(checkpoint, device, dtype)
     max_new_tokens = _default_new(max_new_tokens, 200, model)
@@ -175,8 +175,8 @@ def generate_cli(
         dtype: fp32 | bf16 | fp16 | auto (as saved).
     """
     from ..io import atomic_write
-    from .api import generate
-    from .options import GenerationOptions
+    from ..generate.api import generate
+    from ..generate.options import GenerationOptions
 
     if (prompt is None) == (prompts is None):
         raise ConfigError("give either a prompt or --prompts FILE (one of them)")
@@ -263,7 +263,7 @@ def chat_cli(
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
     """
-    from .chat import ChatSession, chat_repl
+    from ..generate.chat import ChatSession, chat_repl
 
     model = _load(checkpoint, device, dtype)
     session = ChatSession(model, system=system, max_new_tokens=_default_new(max_new_tokens, 256, model), do_sample=not greedy,

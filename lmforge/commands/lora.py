@@ -15,8 +15,9 @@ def merge_cli(checkpoint: str, *, out: str, adapter: str | None = None) -> dict[
         out: folder of the merged checkpoint
         adapter: an adapter folder (adapter.safetensors + adapter_config.json) to put on CHECKPOINT first
     """
-    from ..checkpoint import load, save
-    from .lora import load_adapter, merge_lora
+    from ..checkpoint import load_adapter, save
+    from ..loading import load
+    from ..model.lora import merge_lora
 
     model = load(checkpoint, dtype="fp32")
     tokenizer = model.tokenizer

@@ -5,8 +5,8 @@
 and adds two small matrices: y = x W^T + b + (alpha / rank) * dropout(x) A^T B^T, with B = 0 at the start (so the
 adapted model starts as the base model). The choice is recorded in `model.config.lora`, so a checkpoint of an
 adapted model is rebuilt by `lmforge.load` with no extra flags; `merge_lora` folds the update into plain
-`nn.Linear` weights (for export and serving); `save_adapter` / `load_adapter` keep the adapter (and the task
-head it was trained with) on its own, as safetensors + JSON.
+`nn.Linear` weights (for export and serving). The adapter's files (`save_adapter` / `load_adapter`, with the task
+head it was trained with) are part of the checkpoint format (`lmforge.checkpoint`).
 
 Targets are the leaf names of linear layers (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
 `down_proj`) or their short forms (`q`, `k`, `v`, `o`, `gate`, `up`, `down`).
@@ -15,21 +15,16 @@ Targets are the leaf names of linear layers (`q_proj`, `k_proj`, `v_proj`, `o_pr
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import io as lio
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 
 SHORT_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
                "down": "down_proj"}
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 # linear layers that belong to the task or LM head, never LoRA targets
 HEAD_MODULES = ("lm_head", "classifier", "pooler", "nsp", "mlm_dense")
 
@@ -165,62 +160,6 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return ("classifier.", "pooler.") if config.head != "lm" else ()
 
 
-def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter's tensors: every LoRA matrix, plus the task head it was trained with."""
-    heads = head_prefixes(model)
-    return {k: v for k, v in model.state_dict().items() if ".lora_" in k or (heads and k.startswith(heads))}
-
-
-def save_adapter(model: nn.Module, folder: str | os.PathLike, base: str | None = None) -> Path:
-    """Write the adapter alone: `adapter.safetensors` + `adapter_config.json` (rank, alpha, targets, the head)."""
-    config = model.config
-    if not config.lora:
-        raise ConfigError("this model has no LoRA adapter to save (its config has no lora entry)")
-    head = {k: getattr(config, k) for k in ("head", "num_labels", "labels", "pooling", "pooler")}
-    with lio.atomic_dir(folder) as tmp:
-        lio.save_safetensors(adapter_state(model), tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-        lio.write_json(tmp / ADAPTER_CONFIG, {"lmforge_adapter": "lora", **config.lora, "base_model": base,
-                                              "task_head": head})
-    return Path(folder)
-
-
-def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
-    file = Path(folder) / ADAPTER_CONFIG
-    if not file.exists():
-        raise CheckpointError(f"{folder} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
-    data = lio.read_json(file)
-    if data.get("lmforge_adapter") != "lora":
-        raise CheckpointError(f"{file} is not an lmforge LoRA adapter (no \"lmforge_adapter\": \"lora\")")
-    return data
-
-
-def load_adapter(model: nn.Module, folder: str | os.PathLike) -> nn.Module:
-    """Put a saved adapter (and its task head) on a base model; returns the adapted model (a new one when the
-    head had to be swapped)."""
-    from safetensors.torch import load_file
-
-    info = read_adapter_config(folder)
-    head = info.get("task_head") or {}
-    if head.get("head", "lm") != "lm" and model.config.head != head["head"]:
-        from ..finetune.heads import with_head
-
-        model = with_head(model, head["head"], head["labels"] or [str(i) for i in range(head["num_labels"])],
-                          pooling=head.get("pooling", "cls"), pooler=head.get("pooler"))
-    apply_lora(model, info["rank"], info["alpha"], info["targets"], info.get("dropout", 0.0))
-    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
-    state = model.state_dict()
-    unknown = sorted(set(tensors) - set(state))
-    if unknown:
-        raise CheckpointError(f"{folder}: the adapter has tensors this model does not have ({', '.join(unknown[:3])}"
-                              f"{' ...' if len(unknown) > 3 else ''}); was it trained on another base model?")
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(state[key].shape):
-            raise CheckpointError(f"{folder}: {key} has shape {tuple(value.shape)}, the model expects "
-                                  f"{tuple(state[key].shape)}; the adapter belongs to another base model")
-    model.load_state_dict(tensors, strict=False)
-    return model
-
-
 def trainable_fraction(model: nn.Module) -> tuple[int, int]:
     """(trainable parameters, all parameters), shared tensors counted once."""
     seen, total, trainable = set(), 0, 0
@@ -233,5 +172,5 @@ def trainable_fraction(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora", "save_adapter", "load_adapter", "linear_names",
-           "mark_trainable", "adapter_state", "trainable_fraction", "lora_spec", "SHORT_NAMES"]
+__all__ = ["LoRALinear", "apply_lora", "merge_lora", "linear_names", "mark_trainable", "head_prefixes",
+           "trainable_fraction", "lora_spec", "lora_modules", "SHORT_NAMES", "HEAD_MODULES"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .tokenizer import Tokenizer, train_tokenizer_files
+from ..tokenizer import Tokenizer, train_tokenizer_files
 
 
 def train(

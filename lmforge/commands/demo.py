@@ -14,8 +14,8 @@ import sysconfig
 import time
 from pathlib import Path
 
-from . import io as lio
-from .errors import LmforgeError
+from .. import io as lio
+from ..errors import LmforgeError
 
 SKIP = {"site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip"}
 
@@ -62,11 +62,12 @@ def demo(
         fast: a tiny configuration that finishes in seconds (for tests)
         overwrite: replace an earlier demo in --out
     """
-    from . import checkpoint, evaluate
-    from .data.prepare import prepare_corpus
-    from .tokenizer import train_tokenizer_files
-    from .train.options import TrainConfig
-    from .train.pretrain import pretrain
+    from .. import evaluate
+    from ..loading import load
+    from ..data.prepare import prepare_corpus
+    from ..tokenizer import train_tokenizer_files
+    from ..train.options import TrainConfig
+    from ..train.pretrain import pretrain
 
     start = time.time()
     root = Path(out)
@@ -99,9 +100,9 @@ def demo(
           f"(RoPE, RMSNorm, SwiGLU, grouped-query attention) for {train.max_steps} steps")
     summary = pretrain(data=str(root / "data"), out=str(root / "run"), model="llama-tiny", set_=size, train=train,
                        overwrite=overwrite)
-    model = checkpoint.load(root / "run")
+    model = load(root / "run")
     ppl = evaluate.perplexity(model, str(root / "data"), "val")
-    from .generate import generate
+    from ..generate import generate
 
     text = generate(model, prompt, max_new_tokens=60, do_sample=True, temperature=0.8, top_k=50, seed=0)
     print(f"[5/5] sample (temperature 0.8, top-k 50):\n\n{prompt}{text}\n")

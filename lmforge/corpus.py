@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from ..errors import DataError, choices
+from .errors import DataError, choices
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".py", ".jsonl", ".json", ".tsv", ".csv", ".tex", ".html", ""}
 DocSplit = Literal["file", "line", "blank"]
@@ -262,10 +262,6 @@ class CorpusReader:
             yield [value]
 
 
-def iter_text(paths, **options) -> Iterator[str]:
-    """Documents of a corpus as strings (see `CorpusReader` for the options)."""
-    return CorpusReader(paths, **options).documents_text()
-
 
 def read_parallel(source: str | Path, target: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, str]]:
     """Aligned lines of two files (plain or gzipped), checking that they have the same number of lines."""
@@ -311,5 +307,5 @@ def read_pairs_jsonl(path: str | Path, source_field: str = "source", target_fiel
         yield str(record[source_field]), str(record[target_field])
 
 
-__all__ = ["CorpusReader", "Piece", "list_files", "read_lines", "read_text_blocks", "clean_text", "iter_text",
+__all__ = ["CorpusReader", "Piece", "list_files", "read_lines", "read_text_blocks", "clean_text",
            "read_parallel", "read_pairs_jsonl", "json_object"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import is_lmforge_checkpoint, read_config, resolve_checkpoint
-from .config import PRESETS, ModelConfig, parse_overrides
-from .model import Transformer
+from ..checkpoint import is_lmforge_checkpoint, read_config, resolve_checkpoint
+from ..config import PRESETS, ModelConfig, parse_overrides
+from ..model import Transformer
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 
@@ -24,7 +24,7 @@ def _config(model: str, overrides: dict[str, Any]) -> ModelConfig:
     elif folder is not None and is_lmforge_checkpoint(folder):
         config = read_config(folder)
     elif path.exists() or "/" in model:
-        from .convert.api import hf_model_config
+        from ..convert.api import hf_model_config
 
         config = hf_model_config(model)
     else:

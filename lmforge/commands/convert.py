@@ -1,0 +1,63 @@
+"""`lmforge convert from-hf | to-hf`: Hugging Face folders and hub ids <-> lmforge checkpoints (docs/interop.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+
+def from_hf_cli(src: str, dst: str, *, dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+                tokenizer: bool = True, overwrite: bool = False, revision: str | None = None) -> Path:
+    """Convert a Hugging Face model (folder or hub id org/name) into an lmforge checkpoint folder.
+
+    Args:
+        src: Hugging Face model folder (config.json with model_type, safetensors weights, tokenizer.json) or hub id
+        dst: new lmforge checkpoint folder
+        dtype: dtype of the written weights; auto keeps the stored one
+        tokenizer: convert the tokenizer too (--no-tokenizer for the weights alone)
+        overwrite: replace dst if it exists
+        revision: hub revision (branch, tag or commit) when src is a hub id
+    """
+    from ..convert.api import DTYPE_NAMES, check_destination, from_hf, write_lmforge
+
+    dst_path = Path(dst)
+    check_destination(dst_path, overwrite, src)
+    model = from_hf(src, device="cpu", dtype=None if dtype == "auto" else dtype, tokenizer=tokenizer,
+                    revision=revision)
+    write_lmforge(model, dst_path)
+    n = model.num_parameters()
+    print(f"converted {model.hf_source['model_type']} ({', '.join(model.hf_source.get('architectures') or [])}) "
+          f"-> {dst_path}: {n / 1e6:.1f}M parameters, {DTYPE_NAMES.get(model.dtype, model.dtype)}"
+          f"{', tokenizer ' + str(model.tokenizer.vocab_size) + ' tokens' if model.tokenizer else ''}")
+    return dst_path
+
+
+def to_hf_cli(src: str, dst: str, *, model_type: str | None = None,
+              dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto", max_shard_size: str = "5GB",
+              tokenizer: bool = True, overwrite: bool = False) -> Path:
+    """Export an lmforge checkpoint as a Hugging Face folder that transformers' from_pretrained loads.
+
+    Args:
+        src: lmforge checkpoint folder (or training run folder: its best/ or last/)
+        dst: new Hugging Face folder
+        model_type: target model_type (gpt2 | llama | mistral | qwen2 | bert | roberta | bart); default: the one the
+            model came from, else the one its options imply
+        dtype: dtype of the written weights; auto keeps the model's
+        max_shard_size: split the weights into shards of at most this size (e.g. 5GB, 500MB)
+        tokenizer: export the tokenizer too (--no-tokenizer for the weights alone)
+        overwrite: replace dst if it exists
+    """
+    from .. import io as lio
+    from ..checkpoint import CONFIG
+    from ..convert.api import to_hf
+
+    out = to_hf(src, dst, model_type=model_type, dtype=None if dtype == "auto" else dtype,
+                max_shard_size=max_shard_size, tokenizer=tokenizer, overwrite=overwrite)
+    hf = lio.read_json(out / CONFIG)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"exported {hf['model_type']} ({', '.join(hf['architectures'])}, {hf['dtype']}) -> {out}: "
+          f"{', '.join(files)}")
+    return out
+
+
+__all__ = ["from_hf_cli", "to_hf_cli"]

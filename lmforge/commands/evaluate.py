@@ -1,0 +1,41 @@
+"""`lmforge eval perplexity` (the fine-tuning evaluations are in `lmforge.finetune.evaluate`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+
+def perplexity_cli(
+    checkpoint: str,
+    *,
+    data: str,
+    split: Literal["train", "val"] = "val",
+    context: int | None = None,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Perplexity of a checkpoint on a split of prepared data (the same tokenizer is required).
+
+    Args:
+        checkpoint: run folder or checkpoint folder
+        data: prepared data folder
+        split: which split to evaluate
+        context: tokens per window (default: the model's context length)
+        batch_size: windows per forward pass
+        max_batches: stop after this many batches (default: the whole split)
+        device: cpu, cuda or auto
+    """
+    from ..device import resolve_device
+    from ..evaluate import perplexity
+    from ..loading import load
+
+    model = load(checkpoint, device=resolve_device(device))
+    result = perplexity(model, data, split, context, batch_size, max_batches, source=checkpoint)
+    print(f"{checkpoint} on {data} [{split}]: loss {result['loss']:.4f}  perplexity {result['ppl']:.3f}  "
+          f"({result['bits_per_token']:.3f} bits/token, {result['tokens']:,} tokens, {result['objective']}, "
+          f"context {result['context']}, {result['seconds']}s)")
+    return result
+
+
+__all__ = ["perplexity_cli"]

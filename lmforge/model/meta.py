@@ -1,0 +1,101 @@
+"""Models built without memory and filled from weights: build on the meta device, then assign each tensor.
+
+`build_empty` builds a `Transformer` whose parameters are on the meta device; `load_weights` checks every name
+and shape against the model and assigns the tensors (keeping each tensor's single copy, e.g. a memory-mapped
+file); `materialize_buffers` computes what weights do not carry (rotary frequencies, sinusoid tables). Every
+reader of weights (native checkpoints, Hugging Face folders, GGUF files) goes through these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from .blocks import Rotary, rope_parameters, sinusoidal_table
+from .transformer import Transformer
+
+_SKIP_INIT = threading.local()
+
+
+def _skippable(fn):
+    def init(tensor, *args, **kwargs):
+        return tensor if getattr(_SKIP_INIT, "active", False) else fn(tensor, *args, **kwargs)
+
+    init.__wrapped__ = fn
+    return init
+
+
+@contextlib.contextmanager
+def _skip_init() -> Iterator[None]:
+    """Turn `torch.nn.init`'s initialisers into no-ops in this thread (other threads keep initialising): on the
+    meta device they compute nothing, and running them there imports torch._dynamo (about 70 MB and a second),
+    which would dominate loading a small model."""
+    for n in dir(torch.nn.init):
+        fn = getattr(torch.nn.init, n)
+        if n.endswith("_") and not n.startswith("_") and callable(fn) and not hasattr(fn, "__wrapped__"):
+            setattr(torch.nn.init, n, _skippable(fn))
+    _SKIP_INIT.active = True
+    try:
+        yield
+    finally:
+        _SKIP_INIT.active = False
+
+
+def build_empty(config: ModelConfig) -> Transformer:
+    """A model whose parameters are on the meta device (no memory), ready for `load_weights(assign=True)`."""
+    with _skip_init(), torch.device("meta"):
+        return Transformer(config)
+
+
+def materialize_buffers(model: Transformer, device: torch.device) -> None:
+    """Compute the non-persistent buffers (rotary frequencies, sinusoid tables) that weights do not carry."""
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.inv_freq = rope_parameters(model.config)[0].to(device)
+        if hasattr(module, "sinusoid"):
+            module.sinusoid = sinusoidal_table(model.config.context_length, model.config.d_model).to(device)
+
+
+def load_weights(
+    model: Transformer,
+    tensors: dict[str, Any] | Any,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    source: str,
+) -> Transformer:
+    """Assign tensors (a name -> tensor mapping, or a callable giving them lazily) into a meta model,
+    checking names and shapes; keeps each tensor's single copy."""
+    expected = {k: v for k, v in model.state_dict().items() if k not in model.tied_keys()}
+    names = set(tensors.keys())
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing:
+        raise CheckpointError(f"{source} is missing {len(missing)} tensor(s): {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''}; the file is truncated or was saved from a "
+                              "different model configuration")
+    if unexpected:
+        raise CheckpointError(f"{source} has {len(unexpected)} tensor(s) this model does not have: "
+                              f"{', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}; "
+                              "config.json and the weights disagree (another architecture?)")
+    state = {}
+    for name, ref in expected.items():
+        tensor = tensors[name]
+        if tuple(tensor.shape) != tuple(ref.shape):
+            raise CheckpointError(f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the config expects "
+                                  f"{tuple(ref.shape)}; config.json and the weights disagree")
+        want = dtype if (dtype is not None and tensor.is_floating_point()) else tensor.dtype
+        state[name] = tensor.to(device=device, dtype=want)
+    model.load_state_dict(state, strict=False, assign=True)
+    if model.tied:
+        model.lm_head.weight = model.tok_embed.weight
+    materialize_buffers(model, device)
+    return model
+
+
+__all__ = ["build_empty", "load_weights", "materialize_buffers"]
