@@ -1,7 +1,8 @@
 """`ModelConfig`: one dataclass for decoder-only, encoder-only and encoder-decoder Transformers.
 
 Every choice is a plain value (strings for the kinds of norm, MLP and positions), so a config is plain JSON and
-round-trips through `config.json`. Named presets give standard shapes; `ModelConfig.from_name(name, **overrides)`
+round-trips through `config.json`. Sizes that follow from others (`n_kv_head`, `head_dim`, `rotary_dim`, `d_ff`)
+may be given as None and are filled in by `__post_init__`, so every field of a built config holds its value. Named presets give standard shapes; `ModelConfig.from_name(name, **overrides)`
 or `--set key=value` on the command line changes any field. `__post_init__` validates every field and names the
 allowed values in its error.
 """
@@ -36,9 +37,9 @@ class ModelConfig:
     n_layer: int = 4  # encoder layers for encoder_decoder, all layers otherwise
     n_decoder_layer: int | None = None  # encoder_decoder only; None = n_layer
     n_head: int = 4
-    n_kv_head: int | None = None  # grouped-query attention; None = n_head (multi-head), 1 = multi-query
-    head_dim: int | None = None  # None = d_model // n_head
-    d_ff: int | None = None  # None = 4 * d_model (gelu/relu) or the Llama rule for gated MLPs
+    n_kv_head: int | None = None  # grouped-query attention; None -> n_head (multi-head), 1 = multi-query
+    head_dim: int | None = None  # None -> d_model // n_head
+    d_ff: int | None = None  # None -> 4 * d_model (gelu/relu), or the Llama rule for gated MLPs
     norm: Norm = "layernorm"
     norm_eps: float = 1e-5
     norm_position: NormPosition = "pre"
@@ -47,7 +48,7 @@ class ModelConfig:
     pos_offset: int = 0  # learned positions start at this index (RoBERTa uses 2)
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # as transformers' rope_scaling: {"rope_type": "linear" | "llama3" | ...}
-    rotary_dim: int | None = None  # None = head_dim (partial rotary when smaller)
+    rotary_dim: int | None = None  # rope only; None -> head_dim (partial rotary when smaller)
     bias: bool = True  # biases of linear layers and layer norms
     qkv_bias: bool | None = None  # None = bias (Qwen2 has q/k/v biases and no others)
     attn_out_bias: bool | None = None  # None = bias
@@ -98,12 +99,15 @@ class ModelConfig:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
                 f"choose n_head among {[h for h in range(1, 65) if self.d_model % h == 0]} or set head_dim")
-        if self.n_head % self.kv_heads:
-            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.kv_heads}; "
+        for name, value in derived_sizes(self.__dict__).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}; "
                               "n_kv_head must divide n_head (1 = multi-query, n_head = multi-head)")
         if self.pos == "rope":
-            if self.rot_dim % 2 or self.rot_dim > self.dim_per_head:
-                raise ConfigError(f"rotary_dim={self.rot_dim} must be even and <= head_dim={self.dim_per_head}")
+            if self.rotary_dim % 2 or self.rotary_dim > self.head_dim:
+                raise ConfigError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}")
         for name in ("dropout", "attn_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -139,28 +143,6 @@ class ModelConfig:
     def label_names(self) -> list[str]:
         """The task head's label names (their indices as text when the config has none)."""
         return self.labels or [str(i) for i in range(self.num_labels)]
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim or self.d_model // self.n_head
-
-    @property
-    def rot_dim(self) -> int:
-        return self.rotary_dim or self.dim_per_head
-
-    @property
-    def ff_dim(self) -> int:
-        if self.d_ff is not None:
-            return self.d_ff
-        if self.gated:  # Llama's rule: 2/3 of 4d, rounded up to a multiple of 256 ... or 16 for small models
-            hidden = int(2 * 4 * self.d_model / 3)
-            multiple = 256 if self.d_model >= 1024 else 16
-            return multiple * math.ceil(hidden / multiple)
-        return 4 * self.d_model
 
     @property
     def gated(self) -> bool:
@@ -204,7 +186,13 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        return self.from_dict({**self.to_dict(), **changes})
+        """A copy with `changes`; sizes that were derived (equal to what the other fields give) are derived again
+        from the changed fields, so `replace(d_model=512)` also resizes head_dim and d_ff."""
+        values = self.to_dict()
+        for name, value in derived_sizes(values).items():
+            if name not in changes and values[name] == value:
+                values[name] = None
+        return self.from_dict({**values, **changes})
 
     def to_json(self) -> str:
         return json.dumps({"lmforge_config": self.to_dict()}, indent=2)
@@ -222,6 +210,19 @@ class ModelConfig:
         value = getattr(self, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name}={value!r} is out of range; it must be a whole number >= 1")
+
+
+def derived_sizes(values: dict[str, Any]) -> dict[str, int | None]:
+    """What n_kv_head, head_dim, rotary_dim and d_ff are when not given, from the other fields of `values`."""
+    d, heads = values["d_model"], values["n_head"]
+    head_dim = values["head_dim"] or d // heads
+    if values["activation"] in ("swiglu", "geglu"):  # Llama's rule: 2/3 of 4d, rounded up to 256 (16 when small)
+        multiple = 256 if d >= 1024 else 16
+        d_ff = multiple * math.ceil(int(2 * 4 * d / 3) / multiple)
+    else:
+        d_ff = 4 * d
+    return {"n_kv_head": heads, "head_dim": d // heads, "d_ff": d_ff,
+            "rotary_dim": head_dim if values["pos"] == "rope" else None}
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...] | None) -> dict[str, Any]:

@@ -63,10 +63,10 @@ def analyse(config: ModelConfig, context: int | None = None, batch_size: int = 1
         linear_per_token += weights * stack.n_layers / len(stack.layers)
         blocks_total += stack.n_layers
     head = config.d_model * config.vocab_size if config.head == "lm" else config.d_model * max(config.num_labels, 1)
-    attn_width = config.n_head * config.dim_per_head
+    attn_width = config.n_head * config.head_dim
     attn_flops = 4 * blocks_total * T * attn_width  # QK^T and AV against T keys (Kaplan et al.)
     forward = 2 * (linear_per_token + head) + attn_flops
-    kv_per_token = 2 * config.decoder_layers * config.kv_heads * config.dim_per_head
+    kv_per_token = 2 * config.decoder_layers * config.n_kv_head * config.head_dim
     # activation memory of training per layer and token, bf16, no recomputation (Korthikanti et al. 2022)
     act_per_layer_token = config.d_model * 34 + 5 * config.n_head * T
     return {
@@ -110,7 +110,7 @@ def info(model: str, *, set_: list[str] | None = None, context: int | None = Non
     g = r["groups"]
     lines = [
         f"{r['name']}  ({r['arch']}, {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads"
-        f"{f', {config.kv_heads} kv heads' if config.kv_heads != config.n_head else ''}, vocab {config.vocab_size:,}, "
+        f"{f', {config.n_kv_head} kv heads' if config.n_kv_head != config.n_head else ''}, vocab {config.vocab_size:,}, "
         f"context {config.context_length:,})",
         f"  parameters           {r['parameters']:>15,}  ({_count(r['parameters'])}; non-embedding "
         f"{_count(r['non_embedding_parameters'])})",

@@ -130,8 +130,8 @@ def _plan_load(model: Transformer, family: Family, config: ModelConfig, rules: d
     keys = set(files.keys())
     missing, zeros = [], set()
     summary = (f"vocab_size={config.vocab_size}, d_model={config.d_model}, n_layer={config.n_layer}, "
-               f"n_head={config.n_head}, n_kv_head={config.kv_heads}, head_dim={config.dim_per_head}, "
-               f"d_ff={config.ff_dim}, context_length={config.context_length}")
+               f"n_head={config.n_head}, n_kv_head={config.n_kv_head}, head_dim={config.head_dim}, "
+               f"d_ff={config.d_ff}, context_length={config.context_length}")
     for name, shape in shapes.items():
         rule = rules.get(name)
         if rule is None:

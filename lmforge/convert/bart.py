@@ -108,9 +108,9 @@ class Bart(Family):
         for option, allowed in (("type_vocab_size", (0,)), ("sliding_window", (None,)), ("unique_layers", (None,)),
                                 ("head", ("lm",))):
             require(model_type, config, option, allowed, why)
-        if config.kv_heads != config.n_head:
+        if config.n_kv_head != config.n_head:
             raise cannot_export(model_type, "n_kv_head", config.n_kv_head, "BART has one key/value head per head")
-        if config.dim_per_head * config.n_head != config.d_model:
+        if config.head_dim * config.n_head != config.d_model:
             raise cannot_export(model_type, "head_dim", config.head_dim, "BART's head size is d_model / heads")
         start = config.decoder_start_token_id if config.decoder_start_token_id is not None else (
             config.bos_token_id if config.bos_token_id is not None else config.eos_token_id)
@@ -118,7 +118,7 @@ class Bart(Family):
             "architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": config.vocab_size,
             "d_model": config.d_model, "encoder_layers": config.n_layer, "decoder_layers": config.decoder_layers,
             "encoder_attention_heads": config.n_head, "decoder_attention_heads": config.n_head,
-            "encoder_ffn_dim": config.ff_dim, "decoder_ffn_dim": config.ff_dim,
+            "encoder_ffn_dim": config.d_ff, "decoder_ffn_dim": config.d_ff,
             "activation_function": LM_ACTIVATIONS[config.activation],
             "max_position_embeddings": config.context_length, "scale_embedding": config.embed_scale,
             "dropout": config.dropout, "attention_dropout": config.resolved("attn_dropout"),

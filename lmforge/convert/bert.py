@@ -141,9 +141,9 @@ class Bert(Family):
         for option, allowed in (("embed_scale", (False,)), ("sliding_window", (None,)), ("unique_layers", (None,)),
                                 ("head", ("lm",))):
             require(model_type, config, option, allowed, why)
-        if config.kv_heads != config.n_head:
+        if config.n_kv_head != config.n_head:
             raise cannot_export(model_type, "n_kv_head", config.n_kv_head, "BERT has one key/value head per head")
-        if config.dim_per_head * config.n_head != config.d_model:
+        if config.head_dim * config.n_head != config.d_model:
             raise cannot_export(model_type, "head_dim", config.head_dim, "BERT's head size is hidden / heads")
         base = self._is_base(config)
         if not base and not config.mlm_transform:
@@ -168,7 +168,7 @@ class Bert(Family):
         return {
             "architectures": [arch], "model_type": model_type, "vocab_size": config.vocab_size,
             "hidden_size": config.d_model, "num_hidden_layers": config.n_layer,
-            "num_attention_heads": config.n_head, "intermediate_size": config.ff_dim,
+            "num_attention_heads": config.n_head, "intermediate_size": config.d_ff,
             "hidden_act": LM_ACTIVATIONS[config.activation], "hidden_dropout_prob": config.dropout,
             "attention_probs_dropout_prob": config.resolved("attn_dropout"),
             "max_position_embeddings": config.context_length + config.pos_offset,

@@ -93,14 +93,14 @@ class GPT2(Family):
         for option, allowed in (("embed_scale", (False,)), ("embed_norm", (False,)), ("type_vocab_size", (0,)),
                                 ("sliding_window", (None,)), ("unique_layers", (None,)), ("head", ("lm",))):
             require(model_type, config, option, allowed, why)
-        if config.kv_heads != config.n_head:
+        if config.n_kv_head != config.n_head:
             raise cannot_export(model_type, "n_kv_head", config.n_kv_head, "GPT-2 has one key/value head per head")
-        if config.dim_per_head * config.n_head != config.d_model:
+        if config.head_dim * config.n_head != config.d_model:
             raise cannot_export(model_type, "head_dim", config.head_dim, "GPT-2's head size is n_embd / n_head")
         return {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.context_length, "n_embd": config.d_model, "n_layer": config.n_layer,
-            "n_head": config.n_head, "n_inner": config.ff_dim, "activation_function": LM_ACTIVATIONS[config.activation],
+            "n_head": config.n_head, "n_inner": config.d_ff, "activation_function": LM_ACTIVATIONS[config.activation],
             "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
             "attn_pdrop": config.resolved("attn_dropout"), "initializer_range": config.init_std,
             "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,

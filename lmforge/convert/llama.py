@@ -150,16 +150,16 @@ class Llama(Family):
         for option, allowed in (("embed_scale", (False,)), ("embed_norm", (False,)), ("type_vocab_size", (0,)),
                                 ("unique_layers", (None,)), ("head", ("lm",)), ("pos_offset", (0,))):
             require(model_type, config, option, allowed, why)
-        if config.rot_dim != config.dim_per_head:
+        if config.rotary_dim != config.head_dim:
             raise cannot_export(model_type, "rotary_dim", config.rotary_dim, "Llama rotates the whole head")
         if config.d_model % config.n_head:
             raise cannot_export(model_type, "n_head", config.n_head,
                                 "transformers requires hidden_size divisible by num_attention_heads")
         qkv, out, mlp = (config.resolved(k) for k in ("qkv_bias", "attn_out_bias", "mlp_bias"))
         hf: dict[str, Any] = {
-            "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.ff_dim,
+            "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.d_ff,
             "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
-            "num_key_value_heads": config.kv_heads, "head_dim": config.dim_per_head,
+            "num_key_value_heads": config.n_kv_head, "head_dim": config.head_dim,
             "hidden_act": GATED_BACK[config.activation], "max_position_embeddings": config.context_length,
             "rms_norm_eps": config.norm_eps, "rope_theta": config.rope_theta,
             "attention_dropout": config.resolved("attn_dropout"), "initializer_range": config.init_std,

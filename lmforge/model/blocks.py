@@ -73,7 +73,7 @@ def rope_parameters(config: ModelConfig) -> tuple[torch.Tensor, float]:
     same frequencies bit for bit. "dynamic" rescales only past `context_length` (= max_position_embeddings),
     which lmforge never runs past, so within the context it equals the default frequencies, as in transformers.
     """
-    dim = config.rot_dim
+    dim = config.rotary_dim
     base = float(config.rope_theta)
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim  # CPU even under meta
     inv_freq = 1.0 / (base ** exponents)
@@ -148,7 +148,7 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # position_ids (B, T) -> cos, sin (B, 1, T, rot_dim)
+        # position_ids (B, T) -> cos, sin (B, 1, T, rotary_dim)
         freqs = position_ids[..., None].float() * self.inv_freq.float()  # (B, T, rot/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         cos = (emb.cos() * self.attention_factor).to(dtype)[:, None]
@@ -232,7 +232,7 @@ class Attention(nn.Module):
 
     def __init__(self, config: ModelConfig, cross: bool = False) -> None:
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.dim_per_head
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.cross = cross
         qkv_bias, out_bias = config.resolved("qkv_bias"), config.resolved("attn_out_bias")
         self.q_proj = Linear(config.d_model, self.n_head * self.head_dim, bias=qkv_bias)
@@ -286,9 +286,9 @@ class MLP(nn.Module):
         bias = config.resolved("mlp_bias")
         self.gated = config.gated
         if self.gated:
-            self.gate_proj = Linear(config.d_model, config.ff_dim, bias=bias)
-        self.up_proj = Linear(config.d_model, config.ff_dim, bias=bias)
-        self.down_proj = Linear(config.ff_dim, config.d_model, bias=bias)
+            self.gate_proj = Linear(config.d_model, config.d_ff, bias=bias)
+        self.up_proj = Linear(config.d_model, config.d_ff, bias=bias)
+        self.down_proj = Linear(config.d_ff, config.d_model, bias=bias)
         self.act = activation_fn(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ class KVCache:
     def for_model(cls, model, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None):
         config = model.config
         param = next(model.parameters())
-        return cls(model.cache_layers, batch_size, config.kv_heads, config.dim_per_head,
+        return cls(model.cache_layers, batch_size, config.n_kv_head, config.head_dim,
                    max_len or config.context_length, param.device, dtype or param.dtype)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
