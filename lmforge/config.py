@@ -293,12 +293,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_names() -> list[str]:
-    return sorted(PRESETS)
-
-
-def preset_overrides_help() -> str:
-    return ", ".join(f.name for f in fields(ModelConfig))
-
-
-__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "preset_names"]
+__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "derived_sizes"]

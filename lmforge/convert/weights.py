@@ -146,7 +146,6 @@ class WeightFiles:
                 raise CheckpointError(f"{index_file} names shard {name}, which is not in {index_file.parent}; "
                                       "the download is incomplete")
             files.append(index_file.parent / name)
-        self._index = weight_map
         return files
 
     def _open_safetensors(self, files: list[Path]) -> None:
@@ -206,10 +205,6 @@ class WeightFiles:
         handle = self._where[name]
         if handle is not None:
             handle.release(self._name(name))
-
-    def file_of(self, name: str) -> str:
-        handle = self._where.get(name)
-        return str(handle.path) if handle is not None else str(self.files[0] if self.files else self.folder)
 
     @property
     def stored_dtype(self) -> torch.dtype | None:

@@ -119,10 +119,6 @@ class PreparedData:
                             "`lmforge prepare --source src.txt --target tgt.txt` for seq2seq")
         return PairSet(self.folder, split, self.dtype)
 
-    def split_size(self, split: str) -> int:
-        info = self.manifest["splits"][split]
-        return info.get("tokens", info.get("pairs", 0))
-
 
 def mask_tokens(ids: torch.Tensor, *, vocab_size: int, mask_id: int, special_ids: set[int], probability: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

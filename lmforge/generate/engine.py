@@ -52,7 +52,6 @@ class Runner:
         self.cache: KVCache | None = None
         self.enc_hidden = self.enc_mask = None
         self.seq = None  # uncached decoding: the whole sequence so far
-        self.dec_prompt_len = 1 if self.enc_dec else T  # transformers' decoder_prompt_len
 
     # ---- model calls -----------------------------------------------------------------------------------
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
