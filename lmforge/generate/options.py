@@ -58,11 +58,6 @@ class GenerationOptions:
 
     # ---- derived ---------------------------------------------------------------------------------------
     @property
-    def greedy_sampling(self) -> bool:
-        """do_sample with temperature 0 is greedy decoding."""
-        return self.do_sample and self.temperature == 0
-
-    @property
     def sampling(self) -> bool:
         return self.do_sample and self.temperature != 0
 
