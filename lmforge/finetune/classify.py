@@ -7,8 +7,9 @@ truncated to --max-length, or with --stride cut into overlapping windows whose l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -19,14 +20,11 @@ from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Example, check_known_labels, discover_labels, read_examples
-from ..model.heads import check_arch, with_head
-from ..model.word_vectors import init_embeddings
-from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
-from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
-                   resumed_model, train_and_dev)
+from .objectives import Rows, collate, sorted_chunks, task_logits
+from .runs import entry_function, eval_mode
+from .task import LabelledTask, TaskArgs, TaskData, option
 
 Pooling = Literal["cls", "mean", "last"]
-COMMAND = "finetune classify"
 
 
 def truncating_backend(tokenizer: Tokenizer, max_length: int, stride: int | None) -> HFTokenizer:
@@ -96,119 +94,74 @@ def score(model: Transformer, examples: Sequence[Example], *, max_length: int, s
     return metrics.classification_report([ex.label for ex in examples], pred, labels)
 
 
-def _columns(args: dict[str, Any]) -> list[str]:
-    return [args["text_column"]] + ([args["text_pair_column"]] if args.get("text_pair_column") else [])
+@dataclass
+class ClassifyArgs(TaskArgs):
+    train: str | None = option(None, "training file (.tsv, .csv or .jsonl) with a text column and a label column")
+    dev: str | None = option(None, "dev file (default: a seeded --dev-fraction of the training file)")
+    test: str | None = option(None, "test file scored with the best checkpoint at the end")
+    text_column: str = option("text", "column of the text")
+    text_pair_column: str | None = option(None, "column of the second text of a pair (e.g. the hypothesis of NLI)")
+    label_column: str = option("label", "column of the label (labels are discovered in the training file)")
+    pooling: Pooling | None = option(None, "how a sequence becomes one vector: cls (first token), mean, last (default: "
+                                           "the model's; last for decoders)")
+    class_weights: Literal["none", "balanced"] = option("none", "balanced weighs each class by n / (classes * count) "
+                                                                "in the loss")
+    stride: int | None = option(None, "cut long texts into --max-length windows overlapping by this many tokens "
+                                      "(logits averaged)")
+    metric: Literal["accuracy", "macro_f1"] = option("accuracy", "dev metric for the best checkpoint and early "
+                                                                 "stopping (--patience)")
+    word_vectors: str | None = option(None, "GloVe / word2vec text file to initialise the token embeddings (models "
+                                            "from scratch)")
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
 
 
-def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    columns = _columns(args)
-    examples, dev, dev_source = train_and_dev(args, lambda path: read_examples(path, columns, args["label_column"]),
-                                              train.seed)
-    notes: list[str] = []
-    if resumed:
-        model, tokenizer = resumed_model(resumed, Path(args["out"]))
-        labels = model.config.labels
-        method = resumed["method"]
-    else:
+class ClassifyTask(LabelledTask):
+    name, command, head, noun, title = "classify", "finetune classify", "classify", "a classifier", "classification"
+    archs = ("encoder", "decoder")
+    example = "--model ./minilm --train train.tsv --dev dev.tsv --out runs/clf"
+    args = ClassifyArgs
+    item, items = "text", "examples"
+    encode, score = staticmethod(encode_examples), staticmethod(score)
+
+    def read_file(self, path: str, args: ClassifyArgs) -> list[Example]:
+        return read_examples(path, args.columns, args.label_column)
+
+    def texts(self, data: TaskData) -> Iterable[str]:
+        return (t for ex in data.train for t in ex.texts)
+
+    def labels(self, data: TaskData, args: ClassifyArgs) -> list[str]:
         # every label of the training file, also one that the held-out dev split took all of (without --dev)
-        labels = discover_labels([ex.label for ex in (examples if args.get("dev") else examples + dev)])
+        labels = discover_labels([ex.label for ex in (data.train if args.dev else data.train + data.dev)])
         if len(labels) < 2:
-            raise DataError(f"{args['train']}: only one label ({labels[0]!r}) in column {args['label_column']!r}; "
+            raise DataError(f"{args.train}: only one label ({labels[0]!r}) in column {args.label_column!r}; "
                             "classification needs at least two")
-        base = base_model(args, lambda: (t for ex in examples for t in ex.texts), train, notes)
-        check_arch(base.config, ("encoder", "decoder"), "classification", f"--model {args['model']}")
-        model = with_head(base, "classify", labels, pooling=args.get("pooling"), seed=train.seed)
-        tokenizer = model.tokenizer
-        del base
-        if args.get("word_vectors"):
-            notes.append(init_embeddings(model, tokenizer, args["word_vectors"])["note"])
-        method = adapt(model, args)
-    check_known_labels(dev, labels, args.get("dev") or args["train"])
-    max_length = min(train.max_length, model.config.context_length)
-    use_types = model.config.type_vocab_size > 0
-    stride = args.get("stride")
-    train_rows, cut = encode_examples(tokenizer, examples, max_length=max_length, stride=stride, labels=labels,
-                                      use_types=use_types)
-    dev_rows, _ = encode_examples(tokenizer, dev, max_length=max_length, stride=stride, labels=labels,
-                                  use_types=use_types)
-    if cut:
-        notes.append(f"{cut:,} training text(s) are longer than --max-length={max_length} tokens and were "
-                     f"{'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
-    notes.append(f"classify: {len(examples):,} training and {len(dev):,} dev examples ({dev_source}); labels: "
-                 f"{', '.join(labels)}")
-    pad = model.config.pad_id
-    weights = class_weight_tensor(args["class_weights"], train_rows.labels, len(labels))
-    objective = TaskObjective("classify", train_rows, dev_rows, pad, train.seed, train.batch_size, weights,
-                              train.label_smoothing)
-    metric = args["metric"]
+        return labels
 
-    def evaluate(net: Transformer) -> dict[str, Any]:
-        logits = example_logits(net, dev_rows, len(dev), train.batch_size * 2)
-        pred = [labels[i] for i in logits.argmax(-1).tolist()]
-        report = metrics.classification_report([ex.label for ex in dev], pred, labels)
-        return {"metric": metric, "value": report[metric], "accuracy": report["accuracy"],
+    def check_known(self, items: list[Example], labels: Sequence[str], path: str) -> None:
+        check_known_labels(items, labels, path)
+
+    def dev_metric(self, model: Transformer, rows: Rows, items: list[Example], batch_size: int,
+                   args: ClassifyArgs) -> dict[str, Any]:
+        labels = model.config.label_names
+        pred = [labels[i] for i in example_logits(model, rows, len(items), batch_size).argmax(-1).tolist()]
+        report = metrics.classification_report([ex.label for ex in items], pred, labels)
+        return {"metric": args.metric, "value": report[args.metric], "accuracy": report["accuracy"],
                 "macro_f1": report["macro_f1"]}
 
-    def finish(best: Transformer, out: Path) -> dict[str, Any]:
-        report = score(best, dev, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
-        metrics.plot_confusion(report["confusion"], labels, out / "confusion_dev.png", f"{out.name}: dev")
+    def report(self, report: dict[str, Any], split: str, labels: Sequence[str], out: Path | None) -> str:
+        if out is None:
+            return f"{split} accuracy {report['accuracy']:.4f}"
+        metrics.plot_confusion(report["confusion"], labels, out / f"confusion_{split}.png", f"{out.name}: {split}")
         print(metrics.format_classification(report), flush=True)
-        return {"dev": report, "headline": f"dev accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"}
-
-    def test(best: Transformer, path: str) -> tuple[dict[str, Any], str]:
-        examples = read_examples(path, columns, args["label_column"])
-        check_known_labels(examples, labels, path)
-        report = score(best, examples, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
-        return report, f"test accuracy {report['accuracy']:.4f}"
-
-    files = [args["train"]] + [p for p in (args.get("dev"), args.get("word_vectors")) if p]
-    return Task("classify", model, tokenizer, objective, evaluate, True, finish, method, files, notes, test)
+        return f"{split} accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}"
 
 
-def finetune_classify(
-    *,
-    model: str | None = None,
-    train: str | None = None,
-    dev: str | None = None,
-    test: str | None = None,
-    out: str | None = None,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    label_column: str = "label",
-    pooling: Pooling | None = None,
-    class_weights: Literal["none", "balanced"] = "none",
-    stride: int | None = None,
-    dev_fraction: float = 0.1,
-    metric: Literal["accuracy", "macro_f1"] = "accuracy",
-    word_vectors: str | None = None,
-    resume: str | None = None,
-    overwrite: bool = False,
-    method: MethodConfig | None = None,
-    source: ModelSource | None = None,
-    options: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """Fine-tune a sequence classifier (single texts or pairs) on a CSV, TSV or JSONL file.
+CLASSIFY = ClassifyTask()
+finetune_classify = entry_function(CLASSIFY, "finetune_classify", "Fine-tune a sequence classifier (single texts or "
+                                   "pairs) on a CSV, TSV or JSONL file.")
 
-    Args:
-        model: checkpoint or run folder, Hugging Face folder or hub id, or a preset to train from scratch
-        train: training file (.tsv, .csv or .jsonl) with a text column and a label column
-        dev: dev file (default: a seeded --dev-fraction of the training file)
-        test: test file scored with the best checkpoint at the end
-        out: run folder
-        text_column: column of the text
-        text_pair_column: column of the second text of a pair (e.g. the hypothesis of NLI)
-        label_column: column of the label (labels are discovered in the training file)
-        pooling: how a sequence becomes one vector: cls (first token), mean, last (default: the model's; last for decoders)
-        class_weights: balanced weighs each class by n / (classes * count) in the loss
-        stride: cut long texts into --max-length windows overlapping by this many tokens (logits averaged)
-        dev_fraction: share of the training file held out as dev when --dev is not given
-        metric: dev metric for the best checkpoint and early stopping (--patience)
-        word_vectors: GloVe / word2vec text file to initialise the token embeddings (models from scratch)
-        resume: a run folder to continue exactly where it stopped
-        overwrite: replace a run that already exists in --out
-    """
-    return command(COMMAND, locals(), build, ("model", "train", "out"),
-                   "--model ./minilm --train train.tsv --dev dev.tsv --out runs/clf")
-
-
-__all__ = ["finetune_classify", "predict_labels", "score", "encode_examples", "example_logits"]
+__all__ = ["finetune_classify", "predict_labels", "score", "encode_examples", "example_logits", "CLASSIFY",
+           "ClassifyArgs"]

@@ -46,11 +46,11 @@ def eval_classify(
         label_column: column of the gold label (default: the training run's)
         out: folder for report.json and confusion.png
     """
-    from .classify import score
+    from .classify import CLASSIFY, score
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
-    model = load_for_inference(checkpoint, infer.device, head="classify")
+    model = load_for_inference(checkpoint, infer.device, CLASSIFY)
     columns = [training_option(info, "text_column", text_column, "text")]
     pair = training_option(info, "text_pair_column", text_pair_column, None)
     columns += [pair] if pair else []
@@ -80,11 +80,11 @@ def eval_ner(
         out: folder for report.json
     """
     from .data import read_conll
-    from .ner import score
+    from .ner import NER, score
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
-    model = load_for_inference(checkpoint, infer.device, head="tag")
+    model = load_for_inference(checkpoint, infer.device, NER)
     sentences = read_conll(data)
     check_known_tags(sentences, model.config.labels, data)
     max_length, stride = infer.resolved(info)

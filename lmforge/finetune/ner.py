@@ -10,8 +10,9 @@ takes the prediction of the window in which it is farthest from an edge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -20,13 +21,10 @@ from ..errors import ConfigError, DataError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Sentence, check_known_tags, read_conll, tag_labels
-from ..model.heads import check_arch, with_head
-from ..model.word_vectors import init_embeddings
-from .objectives import Rows, TaskObjective, class_weight_tensor, collate, sorted_chunks, task_logits
-from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
-                   resumed_model, train_and_dev)
+from .objectives import Rows, collate, sorted_chunks, task_logits
+from .runs import entry_function, eval_mode
+from .task import LabelledTask, TaskArgs, TaskData, option
 
-COMMAND = "finetune ner"
 
 
 def special_frame(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
@@ -144,98 +142,63 @@ def score(model: Transformer, sentences: Sequence[Sentence], *, max_length: int,
     return metrics.entity_report([s.tags for s in sentences], pred)
 
 
-def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    sentences, dev, dev_source = train_and_dev(args, read_conll, train.seed)
-    notes: list[str] = []
-    if resumed:
-        model, tokenizer = resumed_model(resumed, Path(args["out"]))
-        tags = model.config.labels
-        method = resumed["method"]
-    else:
-        tags = tag_labels(sentences if args.get("dev") else sentences + dev)  # the held-out split's tags too
-        if len(tags) < 2:
-            raise DataError(f"{args['train']}: only the tag {tags[0]!r} occurs; NER needs entity tags (B-X, I-X)")
-        base = base_model(args, lambda: (" ".join(s.words) for s in sentences), train, notes)
-        check_arch(base.config, ("encoder", "decoder"), "NER (token classification)", f"--model {args['model']}")
-        model = with_head(base, "tag", tags, seed=train.seed)
-        tokenizer = model.tokenizer
-        del base
-        if args.get("word_vectors"):
-            notes.append(init_embeddings(model, tokenizer, args["word_vectors"])["note"])
-        method = adapt(model, args)
-    check_known_tags(dev, tags, args.get("dev") or args["train"])
-    max_length = min(train.max_length, model.config.context_length)
-    use_types = model.config.type_vocab_size > 0
-    stride = args.get("stride")
-    train_rows, long = encode_sentences(tokenizer, sentences, max_length=max_length, stride=stride, tags=tags,
-                                        use_types=use_types)
-    dev_rows, _ = encode_sentences(tokenizer, dev, max_length=max_length, stride=stride, tags=tags, use_types=use_types)
-    if long:
-        notes.append(f"{long:,} training sentence(s) are longer than --max-length={max_length} tokens and were "
-                     f"{'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
-    notes.append(f"ner: {len(sentences):,} training and {len(dev):,} dev sentences ({dev_source}); tags: {', '.join(tags)}")
-    pad = model.config.pad_id
-    weights = class_weight_tensor(args["class_weights"], np.concatenate([r[r >= 0] for r in train_rows.labels]),
-                                  len(tags))
-    objective = TaskObjective("ner", train_rows, dev_rows, pad, train.seed, train.batch_size, weights,
-                              train.label_smoothing)
+@dataclass
+class NerArgs(TaskArgs):
+    train: str | None = option(None, "training CoNLL file")
+    dev: str | None = option(None, "dev CoNLL file (default: a seeded --dev-fraction of the training sentences)")
+    test: str | None = option(None, "test CoNLL file scored with the best checkpoint at the end")
+    class_weights: Literal["none", "balanced"] = option("none", "balanced weighs each tag by n / (tags * count) in "
+                                                                "the loss")
+    stride: int | None = option(None, "cut long sentences into --max-length windows overlapping by this many tokens")
+    word_vectors: str | None = option(None, "GloVe / word2vec text file to initialise the token embeddings (models "
+                                            "from scratch)")
 
-    def evaluate(net: Transformer) -> dict[str, Any]:
-        pred = word_predictions(net, dev_rows, dev, train.batch_size * 2)
-        report = metrics.entity_report([s.tags for s in dev], pred)
+
+class NerTask(LabelledTask):
+    name, command, head, noun, title = "ner", "finetune ner", "tag", "a tagger", "NER (token classification)"
+    archs = ("encoder", "decoder")
+    example = "--model ./minilm --train train.conll --dev dev.conll --out runs/ner"
+    args = NerArgs
+    item, items, label_word = "sentence", "sentences", "tags"
+    score = staticmethod(score)
+
+    def read_file(self, path: str, args: NerArgs) -> list[Sentence]:
+        return read_conll(path)
+
+    def texts(self, data: TaskData) -> Iterable[str]:
+        return (" ".join(s.words) for s in data.train)
+
+    def labels(self, data: TaskData, args: NerArgs) -> list[str]:
+        tags = tag_labels(data.train if args.dev else data.train + data.dev)  # the held-out split's tags too
+        if len(tags) < 2:
+            raise DataError(f"{args.train}: only the tag {tags[0]!r} occurs; NER needs entity tags (B-X, I-X)")
+        return tags
+
+    def check_known(self, items: list[Sentence], labels: Sequence[str], path: str) -> None:
+        check_known_tags(items, labels, path)
+
+    def encode(self, tokenizer: Tokenizer, items: list[Sentence], *, labels: Sequence[str], **options: Any
+               ) -> tuple[Rows, int]:
+        return encode_sentences(tokenizer, items, tags=labels, **options)
+
+    def label_ids(self, rows: Rows) -> Sequence[int]:
+        return np.concatenate([r[r >= 0] for r in rows.labels])
+
+    def dev_metric(self, model: Transformer, rows: Rows, items: list[Sentence], batch_size: int,
+                   args: NerArgs) -> dict[str, Any]:
+        report = metrics.entity_report([s.tags for s in items], word_predictions(model, rows, items, batch_size))
         return {"metric": "entity_f1", "value": report["f1"], "precision": report["precision"],
                 "recall": report["recall"]}
 
-    def finish(best: Transformer, out: Path) -> dict[str, Any]:
-        report = score(best, dev, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
+    def report(self, report: dict[str, Any], split: str, labels: Sequence[str], out: Path | None) -> str:
+        if out is None:
+            return f"{split} entity F1 {report['f1']:.4f}"
         print(metrics.format_entities(report), flush=True)
-        return {"dev": report, "headline": f"dev entity F1 {report['f1']:.4f} (precision {report['precision']:.4f}, "
-                                           f"recall {report['recall']:.4f})"}
-
-    def test(best: Transformer, path: str) -> tuple[dict[str, Any], str]:
-        sentences = read_conll(path)
-        check_known_tags(sentences, tags, path)
-        report = score(best, sentences, max_length=max_length, stride=stride, batch_size=train.batch_size * 2)
-        return report, f"test entity F1 {report['f1']:.4f}"
-
-    files = [args["train"]] + [p for p in (args.get("dev"), args.get("word_vectors")) if p]
-    return Task("ner", model, tokenizer, objective, evaluate, True, finish, method, files, notes, test)
+        return f"{split} entity F1 {report['f1']:.4f} (precision {report['precision']:.4f}, recall {report['recall']:.4f})"
 
 
-def finetune_ner(
-    *,
-    model: str | None = None,
-    train: str | None = None,
-    dev: str | None = None,
-    test: str | None = None,
-    out: str | None = None,
-    class_weights: Literal["none", "balanced"] = "none",
-    stride: int | None = None,
-    dev_fraction: float = 0.1,
-    word_vectors: str | None = None,
-    resume: str | None = None,
-    overwrite: bool = False,
-    method: MethodConfig | None = None,
-    source: ModelSource | None = None,
-    options: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """Fine-tune a token classifier (NER, BIO tags) on CoNLL files (token<TAB>tag, blank line between sentences).
+NER = NerTask()
+finetune_ner = entry_function(NER, "finetune_ner", "Fine-tune a token classifier (NER, BIO tags) on CoNLL files "
+                              "(token<TAB>tag, blank line between sentences).")
 
-    Args:
-        model: checkpoint or run folder, Hugging Face folder or hub id, or a preset to train from scratch
-        train: training CoNLL file
-        dev: dev CoNLL file (default: a seeded --dev-fraction of the training sentences)
-        test: test CoNLL file scored with the best checkpoint at the end
-        out: run folder
-        class_weights: balanced weighs each tag by n / (tags * count) in the loss
-        stride: cut long sentences into --max-length windows overlapping by this many tokens
-        dev_fraction: share of the training sentences held out as dev when --dev is not given
-        word_vectors: GloVe / word2vec text file to initialise the token embeddings (models from scratch)
-        resume: a run folder to continue exactly where it stopped
-        overwrite: replace a run that already exists in --out
-    """
-    return command(COMMAND, locals(), build, ("model", "train", "out"),
-                   "--model ./minilm --train train.conll --dev dev.conll --out runs/ner")
-
-
-__all__ = ["finetune_ner", "predict_tags", "score", "encode_sentences", "special_frame"]
+__all__ = ["finetune_ner", "predict_tags", "score", "encode_sentences", "special_frame", "NER", "NerArgs"]

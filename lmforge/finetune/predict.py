@@ -17,9 +17,9 @@ from typing import Any
 
 from .. import io as lio
 from ..errors import ConfigError, DataError, LmforgeError
-from ..model import Transformer
 from .data import Sentence, file_kind, read_chats, read_conll, read_examples, read_text_lines
 from .runs import load_for_inference, run_info
+from .tasks import task_of
 
 
 @dataclass
@@ -36,17 +36,6 @@ class InferOptions:
         """--max-length and --stride, from the run where not given."""
         return (training_option(info, "max_length", self.max_length, 128),
                 training_option(info, "stride", self.stride, None))
-
-
-def task_of(model: Transformer, info: dict[str, Any]) -> str:
-    if info.get("objective") in ("classify", "ner", "seq2seq", "sft"):
-        return info["objective"]
-    head = model.config.head
-    if head == "classify":
-        return "classify"
-    if head == "tag":
-        return "ner"
-    return "seq2seq"
 
 
 def training_option(info: dict[str, Any], name: str, given: Any, default: Any) -> Any:
@@ -110,7 +99,7 @@ def predict(
     model = load_for_inference(checkpoint, infer.device)
     if model.tokenizer is None:
         raise LmforgeError(f"{checkpoint} has no tokenizer; it cannot read text")
-    task = task_of(model, info)
+    task = task_of(model.config.head, info.get("objective")).name
     max_length, stride = infer.resolved(info)
     batch_size = infer.batch_size
     out_path = Path(out)
@@ -178,4 +167,4 @@ def predict(
     return {"task": task, "count": count, "out": str(out_path)}
 
 
-__all__ = ["predict", "task_of", "write_table", "read_sentences", "InferOptions"]
+__all__ = ["predict", "write_table", "read_sentences", "InferOptions"]

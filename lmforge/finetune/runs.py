@@ -1,107 +1,60 @@
-"""What every fine-tuning command shares: its options (`FinetuneConfig`), loading or building the model, the run
-folder (`run.json`, `--resume`, the checks on `--out`, as `lmforge pretrain`), the one training loop with the
-task's dev metric for early stopping and the best checkpoint, and the final report on the best checkpoint.
-
-A task module supplies a builder `build(args, train, resumed) -> Task`; `start` and `resume` do the rest.
+"""The run of a fine-tuning task, the same for every task: load or build the model, swap its head, apply the
+method, train with the one loop (the task's dev metric choosing the best checkpoint and stopping early), then
+report on the best checkpoint. The run folder is that of `lmforge pretrain` (`run.json`, `--resume`, the checks on
+`--out`); a task is a `TaskSpec` (see `lmforge.finetune.task`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 
 from .. import io as lio
 from ..checkpoint import save_adapter
-from ..device import resolve_device
-from ..loading import load as load_checkpoint
 from ..config import PRESETS, ModelConfig, parse_overrides
+from ..convert.hub import looks_like_hub_id
+from ..device import resolve_device
 from ..errors import ConfigError, DataError, LmforgeError
+from ..loading import load as load_checkpoint
 from ..model import Transformer
-from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
-from ..train.objectives import Objective
-from ..train.options import TrainConfig
-from ..train.runs import build_config, check_out_folder, read_run, write_run
-from ..train.trainer import Trainer, setup_distributed
-from .data import sha256_files, split_dev
+from ..model.heads import check_arch, with_head
 from ..model.lora import merge_lora
 from ..model.trainable import apply_method, restore_method
+from ..model.word_vectors import init_embeddings
+from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
+from ..train.logs import read_metrics
+from ..train.runs import build_config, check_out_folder, read_run, write_run
+from ..train.trainer import Trainer, setup_distributed
+from .data import sha256_files
+from .task import (FinetuneConfig, MethodConfig, ModelSource, TaskArgs, TaskContext, TaskParts,
+                   TaskSpec)
 
 EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv")
 
 
 @dataclass
-class FinetuneConfig(TrainConfig):
-    """The training options of `lmforge pretrain` with fine-tuning defaults, plus --max-length."""
+class Run:
+    """A task ready for the loop: its spec, the model and tokenizer, what it adds to the loop, the method summary."""
 
-    epochs: float | None = field(default=3.0, metadata={"help": "passes over the training data (used when "
-                                                                  "--max-steps is not given)"})
-    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (5e-5 suits pretrained models; use about "
-                                                      "1e-3 for a model built from a preset)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms, biases or "
-                                                                "position embeddings)"})
-    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    max_length: int = field(default=128, metadata={"help": "tokens per input; longer inputs are truncated (or cut "
-                                                           "into windows with --stride)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_length < 4:
-            raise ConfigError(f"--max-length={self.max_length} must be >= 4")
-
-
-@dataclass
-class MethodConfig:
-    """What trains; the command line expands it into --method, --unfreeze-layers and the --lora-* options."""
-
-    method: Literal["full", "frozen", "lora"] = field(default="full", metadata={
-        "help": "full (every weight), frozen (the task head, plus --unfreeze-layers top blocks), lora (LoRA adapters "
-                "on --lora-targets, plus the task head)"})
-    unfreeze_layers: int = field(default=0, metadata={"help": "with frozen or lora, also train this many top blocks"})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank)"})
-    lora_targets: str = field(default="q,v", metadata={"help": "comma-separated linear layers to adapt: q,k,v,o,gate,"
-                                                                "up,down or full names (q_proj)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-
-
-@dataclass
-class ModelSource:
-    """Where the model's tokenizer and shape come from when --model is a preset (trained from scratch)."""
-
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (for a preset, or to replace the "
-                                                                   "checkpoint's)"})
-    vocab_size: int = field(default=8000, metadata={"help": "vocabulary of the BPE tokenizer trained on the training "
-                                                            "texts for a preset without --tokenizer"})
-    set_: list[str] = field(default_factory=list, metadata={"help": "config override for a preset (--set n_layer=4), "
-                                                                    "or dropout for a checkpoint"})
-
-
-@dataclass
-class Task:
-    """One fine-tuning task, ready for the loop."""
-
-    name: str
+    spec: TaskSpec
     model: Transformer
     tokenizer: Tokenizer
-    objective: Objective
-    evaluate: Callable[[Transformer], dict[str, Any]] | None  # dev metrics: {"metric": name, "value": x, ...}
-    higher_is_better: bool
-    finish: Callable[[Transformer, Path], dict[str, Any]]  # the final report on the best checkpoint
+    parts: TaskParts
     method: dict[str, Any]
-    data_files: list[str]
-    notes: list[str] = field(default_factory=list)
-    test: Callable[[Transformer, str], tuple[dict[str, Any], str]] | None = None  # --test FILE: (report, headline)
+    files: list[str]
+    notes: list[str]
 
 
 # ---- models ----------------------------------------------------------------------------------------------
 
 def is_model_path(spec: str) -> bool:
-    from ..convert.hub import looks_like_hub_id
-
     return Path(spec).exists() or (spec not in PRESETS and looks_like_hub_id(spec))
 
 
@@ -147,47 +100,6 @@ def load_base(spec: str, *, tokenizer: str | None = None, texts: Callable[[], It
     return model
 
 
-def base_model(args: dict[str, Any], texts: Callable[[], Iterable[str]], train: TrainConfig, notes: list[str],
-               objective: str = "clm") -> Transformer:
-    """`load_base` with the run's --model, --tokenizer, --vocab-size and --set."""
-    return load_base(args["model"], tokenizer=args.get("tokenizer"), texts=texts, vocab_size=args["vocab_size"],
-                     set_=args.get("set_"), objective=objective, context=train.max_length, seed=train.seed, notes=notes)
-
-
-def adapt(model: Transformer, args: dict[str, Any]) -> dict[str, Any]:
-    """Apply the run's --method (and LoRA options) to the model; returns the method summary for run.json."""
-    return apply_method(model, **args["method"])
-
-
-def train_and_dev(args: dict[str, Any], read: Callable[[str], list], seed: int) -> tuple[list, list, str]:
-    """The training items and the dev items: from --dev, else a seeded --dev-fraction of the training file."""
-    items = read(args["train"])
-    if args.get("dev"):
-        return items, read(args["dev"]), args["dev"]
-    items, dev = split_dev(items, args["dev_fraction"], seed)
-    return items, dev, f"{args['train']} (held-out {args['dev_fraction']:.0%})"
-
-
-def command(name: str, params: dict[str, Any], build: Callable[[dict[str, Any], FinetuneConfig, dict | None], Task],
-            required: Sequence[str], example: str) -> dict[str, Any]:
-    """The body of every `lmforge finetune <task>` entry: --resume, or a new run from the entry's parameters
-    (`MethodConfig` and `ModelSource` flattened into run.json's args)."""
-    params = dict(params)
-    options = params.pop("options", None) or FinetuneConfig()
-    if params.get("resume"):
-        return resume(name, params["resume"], options, build)
-    missing = [k for k in required if not params.get(k)]
-    if missing:
-        flags = ", ".join("--" + k.replace("_", "-") for k in required)
-        raise ConfigError(f"{name} needs {flags} (or --resume RUN); missing {', '.join('--' + k.replace('_', '-') for k in missing)}; "
-                          f"e.g. lmforge {name} {example}")
-    source = params.pop("source", None) or ModelSource()
-    params["method"] = asdict(params.get("method") or MethodConfig())
-    args = {**params, **asdict(source)}
-    args["set_"] = list(args.get("set_") or [])
-    return start(name, args, options, build)
-
-
 def resumed_model(info: dict[str, Any], out: Path) -> tuple[Transformer, Tokenizer]:
     """The model of a run being resumed, as it was built (head, adapter, frozen parts); the loop loads its weights."""
     config = ModelConfig.from_dict(info["model_config"])
@@ -196,6 +108,37 @@ def resumed_model(info: dict[str, Any], out: Path) -> tuple[Transformer, Tokeniz
     model.tokenizer = tokenizer
     restore_method(model, info["method"])
     return model, tokenizer
+
+
+
+def build_run(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig, resumed: dict | None) -> Run:
+    """The skeleton every task runs through: its data, then the model (resumed as it was built, or loaded or built
+    from a preset, checked against the task, given the task's head, its embeddings and its method), then the
+    task's own setup."""
+    data = spec.read(args, train.seed)
+    notes: list[str] = []
+    if resumed:
+        model, tokenizer = resumed_model(resumed, Path(args.out))
+        method = resumed["method"]
+    else:
+        labels = spec.labels(data, args) if spec.head != "lm" else None
+        base = load_base(args.model, tokenizer=args.tokenizer, texts=lambda: spec.texts(data),
+                         vocab_size=args.vocab_size, set_=args.set_, objective=spec.preset_objective,
+                         context=train.max_length, seed=train.seed, notes=notes)
+        check_arch(base.config, spec.archs, spec.title, f"--model {args.model}")
+        if labels is None:
+            if base.config.head != "lm":
+                raise ConfigError(f"--model {args.model} has a {base.config.head} head; {spec.lm_head_hint}")
+            model = base
+        else:
+            model = with_head(base, spec.head, labels, pooling=getattr(args, "pooling", None), seed=train.seed)
+            del base
+        tokenizer = model.tokenizer
+        if getattr(args, "word_vectors", None):
+            notes.append(init_embeddings(model, tokenizer, args.word_vectors)["note"])
+        method = apply_method(model, **args.method)
+    parts = spec.setup(TaskContext(model, tokenizer, data, args, train, notes, resumed=resumed is not None))
+    return Run(spec, model, tokenizer, parts, method, data.files, notes)
 
 
 @contextlib.contextmanager
@@ -214,34 +157,74 @@ def eval_mode(model: torch.nn.Module):
 
 # ---- runs ------------------------------------------------------------------------------------------------
 
-def start(command: str, args: dict[str, Any], train: FinetuneConfig,
-          build: Callable[[dict[str, Any], FinetuneConfig, dict | None], Task]) -> dict[str, Any]:
-    """A new fine-tuning run in args["out"]."""
-    if not args.get("out"):
-        raise LmforgeError(f"{command} needs --out (the run folder), or --resume RUN")
-    out = Path(args["out"])
+def entry_function(spec: TaskSpec, name: str, summary: str) -> Callable[..., dict[str, Any]]:
+    """The entry function of a task, `lmforge.finetune.<task>.finetune_<task>` and the `lmforge finetune <task>`
+    command: keyword-only parameters made from the fields of the task's arguments (`spec.args`, with their types,
+    defaults and help), then the method, model-source and training options; the docstring's Args section is the
+    fields' help. One definition of a task's arguments serves the Python API, the command line and run.json."""
+    hints = typing.get_type_hints(spec.args)
+    visible = [f for f in dataclasses.fields(spec.args) if not f.metadata.get("hidden")]
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                default=f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                else f.default) for f in visible]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=t | None)
+               for n, t in (("method", MethodConfig), ("source", ModelSource), ("options", FinetuneConfig))]
+    signature = inspect.Signature(params, return_annotation=dict[str, Any])
+
+    def entry(**kwargs: Any) -> dict[str, Any]:
+        bound = signature.bind(**kwargs)
+        bound.apply_defaults()
+        return run_task(spec, bound.arguments)
+
+    entry.__signature__ = signature  # type: ignore[attr-defined]
+    entry.__annotations__ = {p.name: p.annotation for p in params} | {"return": dict[str, Any]}
+    entry.__doc__ = f"{summary}\n\nArgs:\n" + "".join(f"    {f.name}: {f.metadata['help']}\n" for f in visible)
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = type(spec).__module__
+    return entry
+
+
+def run_task(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The body of every `lmforge finetune <task>` entry function: --resume, or a new run from its parameters."""
+    params = dict(params)
+    options = params.pop("options", None) or FinetuneConfig()
+    if params.get("resume"):
+        return resume(spec, params["resume"], options)
+    missing = [k for k in spec.required if not params.get(k)]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in spec.required)
+        raise ConfigError(f"{spec.command} needs {flags} (or --resume RUN); missing "
+                          f"{', '.join('--' + k.replace('_', '-') for k in missing)}; e.g. lmforge {spec.command} "
+                          f"{spec.example}")
+    return start(spec, spec.args.from_call(params), options)
+
+
+def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, Any]:
+    """A new fine-tuning run in args.out."""
+    if not args.out:
+        raise LmforgeError(f"{spec.command} needs --out (the run folder), or --resume RUN")
+    out = Path(args.out)
     dist = setup_distributed()
     if dist.main:
-        check_out_folder(out, bool(args.get("overwrite")), extra=EXTRA_FILES)
+        check_out_folder(out, args.overwrite, extra=EXTRA_FILES)
     dist.barrier()
     torch.manual_seed(train.seed)
-    task = build(args, train, None)
+    run = build_run(spec, args, train, None)
     out.mkdir(parents=True, exist_ok=True)
     if dist.main:
-        write_run(out, command, task.name, task.data_files[0] if task.data_files else None, task.model.config, train,
-                  args=args, data_sha256=sha256_files(task.data_files), method=task.method)
+        write_run(out, spec.command, spec.name, run.files[0] if run.files else None, run.model.config, train,
+                  args=args.to_dict(), data_sha256=sha256_files(run.files), method=run.method)
     dist.barrier()
-    return execute(task, train, out, args, resume=False)
+    return execute(run, train, out, args, resume=False)
 
 
-def resume(command: str, run: str, overrides: TrainConfig,
-           build: Callable[[dict[str, Any], FinetuneConfig, dict | None], Task]) -> dict[str, Any]:
+def resume(spec: TaskSpec, path: str, overrides: FinetuneConfig) -> dict[str, Any]:
     """Continue a killed or finished run exactly where its last checkpoint stopped."""
-    path = Path(run)
-    info, train = read_run(path, overrides, FinetuneConfig)
-    if info.get("command") != command:
-        raise LmforgeError(f"{run} is a `{info.get('command')}` run; resume it with `lmforge {info.get('command')} "
-                           f"--resume {run}`")
+    folder = Path(path)
+    info, train = read_run(folder, overrides, FinetuneConfig)
+    if info.get("command") != spec.command:
+        raise LmforgeError(f"{path} is a `{info.get('command')}` run; resume it with `lmforge {info.get('command')} "
+                           f"--resume {path}`")
     now = sha256_files([p for p in info.get("data_sha256", {}) if Path(p).exists()])
     for file, digest in info.get("data_sha256", {}).items():
         if file not in now:
@@ -249,23 +232,26 @@ def resume(command: str, run: str, overrides: TrainConfig,
         if now[file] != digest:
             raise DataError(f"{file} changed since the run started; restore the original to resume exactly")
     torch.manual_seed(train.seed)
-    task = build(info["args"], train, info)
-    return execute(task, train, path, info["args"], resume=True)
+    args = spec.args.from_dict(info["args"])
+    return execute(build_run(spec, args, train, info), train, folder, args, resume=True)
 
 
-def execute(task: Task, train: FinetuneConfig, out: Path, args: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Train, then write the adapter, plots and report of the best checkpoint; `args` are the run's arguments."""
+def execute(run: Run, train: FinetuneConfig, out: Path, args: TaskArgs, resume: bool) -> dict[str, Any]:
+    """Train, then write the adapter, plots and report of the best checkpoint."""
+    parts = run.parts
+
     def on_eval(trainer: Trainer, result: dict) -> dict:
         with eval_mode(trainer.model), trainer.autocast():  # the dev metric during training: the loop's precision
-            return task.evaluate(trainer.model)
+            return parts.evaluate(trainer.model)
 
-    trainer = Trainer(task.model, task.objective, train, out, task.tokenizer, resume=resume,
-                      on_eval=on_eval if task.evaluate else None, higher_is_better=task.higher_is_better)
+    trainer = Trainer(run.model, parts.objective, train, out, run.tokenizer, resume=resume,
+                      on_eval=on_eval if parts.evaluate else None, higher_is_better=parts.higher_is_better)
+    name = run.spec.name
     if trainer.dist.main:
-        m = task.method
-        for note in task.notes:
+        m = run.method
+        for note in run.notes:
             print(note, flush=True)
-        print(f"{'resuming' if resume else 'fine-tuning'} {task.name}: {task.model.config.name or task.model.config.arch} "
+        print(f"{'resuming' if resume else 'fine-tuning'} {name}: {run.model.config.name or run.model.config.arch} "
               f"({m['total'] / 1e6:.2f}M parameters, {m['trainable']:,} trainable = {share(m['fraction'])}, "
               f"method {m['method']}) on {trainer.device} for {trainer.max_steps} steps of {trainer.samples_per_step} "
               f"examples -> {out}", flush=True)
@@ -274,14 +260,15 @@ def execute(task: Task, train: FinetuneConfig, out: Path, args: dict[str, Any], 
         return summary
     best = load_checkpoint(out)
     if best.config.lora:
-        save_adapter(best, out / "adapter", base=args.get("model"))
+        save_adapter(best, out / "adapter", base=args.model)
     plot_dev_metric(out / "metrics.jsonl", out / "dev_metric.png", out.name)
-    report = task.finish(best, out)
-    if args.get("test") and task.test is not None:
-        report["test"], headline = task.test(best, args["test"])
+    report = parts.finish(best, out)
+    test = getattr(args, "test", None)  # the tasks with a --test option
+    if test and parts.test is not None:
+        report["test"], headline = parts.test(best, test)
         report["headline"] = f"{report.get('headline', '')}; {headline}"
-    report = {"task": task.name, "best_step": summary["best_step"], "steps": summary["steps"],
-              "seconds": summary["seconds"], "method": task.method, **report}
+    report = {"task": name, "best_step": summary["best_step"], "steps": summary["steps"],
+              "seconds": summary["seconds"], "method": run.method, **report}
     lio.write_json(out / "report.json", report)
     what = report.get("headline") or ""
     print(f"done: {summary['steps']} steps in {summary['seconds']:.0f}s; best checkpoint (step {summary['best_step']}) "
@@ -298,8 +285,6 @@ def share(fraction: float) -> str:
 
 def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     """The dev metric against steps (when the task has one besides the loss)."""
-    from ..train.logs import read_metrics
-
     rows = [r for r in read_metrics(metrics) if r.get("split") == "val" and isinstance(r.get("value"), (int, float))]
     if not rows:
         return None
@@ -329,17 +314,13 @@ def run_info(path: str | Path) -> dict[str, Any]:
     return {}
 
 
-HEAD_NAMES = {"classify": ("a classifier", "classify"), "tag": ("a tagger", "ner")}
-
-
-def load_for_inference(checkpoint: str, device: str = "auto", head: str | None = None) -> Transformer:
-    """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `head`
-    (classify | tag), a model with another head is a one-line error naming the command that makes one."""
+def load_for_inference(checkpoint: str, device: str = "auto", task: TaskSpec | None = None) -> Transformer:
+    """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `task`, a
+    model without that task's head is a one-line error naming the command that makes one."""
     model = load_checkpoint(checkpoint, device=resolve_device(device), dtype="fp32")
-    if head and model.config.head != head:
-        what, task = HEAD_NAMES[head]
-        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not {what}; eval {task} needs a model "
-                          f"fine-tuned with `lmforge finetune {task}`")
+    if task is not None and model.config.head != task.head:
+        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not {task.noun}; eval {task.name} needs a "
+                          f"model fine-tuned with `lmforge {task.command}`")
     if model.config.lora:
         tokenizer = model.tokenizer
         model = merge_lora(model)
@@ -347,5 +328,6 @@ def load_for_inference(checkpoint: str, device: str = "auto", head: str | None =
     return model.eval()
 
 
-__all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Task", "command", "base_model", "adapt", "train_and_dev", "load_base", "resumed_model", "start", "resume", "execute", "eval_mode",
-           "run_info", "load_for_inference", "plot_dev_metric"]
+__all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Run", "run_task", "entry_function", "build_run", "load_base",
+           "resumed_model", "start", "resume", "execute", "eval_mode", "run_info", "load_for_inference",
+           "plot_dev_metric", "share", "is_model_path"]

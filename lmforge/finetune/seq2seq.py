@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
@@ -26,12 +27,10 @@ from ..errors import ConfigError, LmforgeError
 from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import read_aligned, split_dev
-from ..model.heads import check_arch
 from .objectives import CausalObjective, ListPairs, PairObjective, Rows
-from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode, is_model_path,
-                   resumed_model)
+from .runs import entry_function, eval_mode, is_model_path
+from .task import TaskArgs, TaskContext, TaskData, TaskParts, TaskSpec, data_files, option
 
-COMMAND = "finetune seq2seq"
 DEFAULT_TEMPLATE = "{source}\n"
 
 
@@ -100,119 +99,109 @@ def score(model: Transformer, pairs: Sequence[tuple[str, str]], **options: Any) 
     return metrics.bleu(hyps, [t for _, t in pairs]), hyps
 
 
-def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    pairs = read_aligned(args["train_src"], args["train_tgt"])
-    if args.get("dev_src") or args.get("dev_tgt"):
-        if not (args.get("dev_src") and args.get("dev_tgt")):
-            raise ConfigError("--dev-src and --dev-tgt go together; give both aligned dev files")
-        dev = read_aligned(args["dev_src"], args["dev_tgt"])
-        dev_source = args["dev_src"]
-    else:
-        pairs, dev = split_dev(pairs, args["dev_fraction"], train.seed)
-        dev_source = f"{args['train_src']} (held-out {args['dev_fraction']:.0%})"
-    notes: list[str] = []
-    if resumed:
-        model, tokenizer = resumed_model(resumed, Path(args["out"]))
-        method = resumed["method"]
-    else:
-        model = base_model(args, lambda: (x for p in pairs for x in p), train, notes, objective="seq2seq")
-        check_arch(model.config, ("encoder_decoder", "decoder"), "seq2seq", f"--model {args['model']}")
-        if model.config.head != "lm":
-            raise ConfigError(f"--model {args['model']} has a {model.config.head} head; seq2seq needs a language-model "
-                              "head (a pretrained or preset encoder-decoder or decoder)")
-        tokenizer = model.tokenizer
-        if not is_model_path(args["model"]) and train.lr < 1e-4:
-            notes.append(f"note: --lr {train.lr:g} is a fine-tuning rate; a model trained from a preset usually "
-                         "wants about 1e-3 (with --warmup-steps of a few hundred)")
-        method = adapt(model, args)
-    max_length = min(train.max_length, model.config.context_length)
-    eos = _eos(tokenizer, model)
-    template = args["prompt_template"]
-    if "{source}" not in template:
-        raise ConfigError(f"--prompt-template {template!r} must contain {{source}}")
-    if model.config.arch == "encoder_decoder":
-        def encode(ps):
-            return ListPairs([(np.asarray(source_ids(tokenizer, s, eos, max_length)[:-1], dtype=np.int64),
-                               np.asarray(tokenizer.encode(t, add_special_tokens=False), dtype=np.int64)) for s, t in ps])
+@dataclass
+class Seq2SeqArgs(TaskArgs):
+    model: str | None = option(None, "checkpoint or run folder, Hugging Face folder or hub id, or a preset "
+                                     "(transformer-small, transformer-base, gpt-mini) to train from scratch")
+    train_src: str | None = option(None, "training source file")
+    train_tgt: str | None = option(None, "training target file, aligned line by line with --train-src")
+    dev_src: str | None = option(None, "dev source file")
+    dev_tgt: str | None = option(None, "dev target file (default for both: a seeded --dev-fraction of the training "
+                                       "pairs)")
+    prompt_template: str = option(DEFAULT_TEMPLATE, "decoder-only models: the prompt holding {source}; the target "
+                                                    "follows it")
+    metric: Literal["bleu", "loss"] = option("bleu", "dev metric for the best checkpoint and early stopping: BLEU "
+                                                     "of greedy decoding, or the loss")
+    eval_samples: int = option(200, "dev pairs decoded at each evaluation (0 = all)")
+    num_beams: int = option(1, "beams for decoding the whole dev set with the best checkpoint at the end")
+    dev_fraction: float = option(0.05, "share of the training pairs held out as dev when no dev files are given")
 
-        objective = PairObjective(encode(pairs), encode(dev), max_length, train.seed, tokenizer, train.batch_size,
-                                  train.label_smoothing, model.config.decoder_start_token_id)
-    else:
-        train_rows, cut = causal_rows(tokenizer, pairs, template, eos, max_length)
-        dev_rows, _ = causal_rows(tokenizer, dev, template, eos, max_length)
-        if cut:
-            notes.append(f"{cut:,} training prompt(s) were cut from the left to fit --max-length={max_length}")
-        pad = model.config.pad_id
-        objective = CausalObjective("seq2seq", train_rows, dev_rows, pad, train.seed, train.batch_size,
-                                    train.label_smoothing)
-    notes.append(f"seq2seq ({model.config.arch}): {len(pairs):,} training and {len(dev):,} dev pairs ({dev_source})")
-    longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for _, t in dev)
-    new_tokens = min(max(8, math.ceil(1.5 * longest) + 4), max_length - 1)
-    decode = dict(template=template, max_length=max_length, max_new_tokens=new_tokens, batch_size=max(train.batch_size, 32))
-    eval_pairs = dev[:args["eval_samples"]] if args["eval_samples"] else dev
-
-    def evaluate(net: Transformer) -> dict[str, Any]:
-        net.tokenizer = tokenizer
-        result, _ = score(net, eval_pairs, **decode)
-        return {"metric": "bleu", "value": result["bleu"], "bleu_samples": len(eval_pairs)}
-
-    def finish(best: Transformer, out: Path) -> dict[str, Any]:
-        result, hyps = score(best, dev, num_beams=args["num_beams"], **decode)
-        lines = [json.dumps({"source": s, "reference": t, "output": h}, ensure_ascii=False)
-                 for (s, t), h in zip(dev, hyps)]
-        lio.write_text(out / "samples.jsonl", "\n".join(lines) + "\n")
-        head = f"dev BLEU {result['bleu']:.2f} ({len(dev)} pairs, {'greedy' if args['num_beams'] == 1 else str(args['num_beams']) + ' beams'})"
-        print(f"{head}; {result['signature']}", flush=True)
-        for (s, t), h in list(zip(dev, hyps))[:3]:
-            print(f"  {s}\n    -> {h}\n    reference: {t}", flush=True)
-        return {"dev": result, "headline": head}
-
-    files = [args["train_src"], args["train_tgt"]] + [p for p in (args.get("dev_src"), args.get("dev_tgt")) if p]
-    higher = args["metric"] == "bleu"
-    return Task("seq2seq", model, tokenizer, objective, evaluate if higher else None, higher, finish, method, files,
-                notes)
+    def __post_init__(self) -> None:
+        if self.num_beams < 1 or self.eval_samples < 0:
+            raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
 
 
-def finetune_seq2seq(
-    *,
-    model: str | None = None,
-    train_src: str | None = None,
-    train_tgt: str | None = None,
-    dev_src: str | None = None,
-    dev_tgt: str | None = None,
-    out: str | None = None,
-    prompt_template: str = DEFAULT_TEMPLATE,
-    metric: Literal["bleu", "loss"] = "bleu",
-    eval_samples: int = 200,
-    num_beams: int = 1,
-    dev_fraction: float = 0.05,
-    resume: str | None = None,
-    overwrite: bool = False,
-    method: MethodConfig | None = None,
-    source: ModelSource | None = None,
-    options: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """Train or fine-tune a seq2seq model on aligned source/target files (one sentence per line, .gz allowed).
+class Seq2SeqTask(TaskSpec):
+    name, command, title = "seq2seq", "finetune seq2seq", "seq2seq"
+    archs = ("encoder_decoder", "decoder")
+    required = ("model", "train_src", "train_tgt", "out")
+    example = "--model transformer-small --train-src train.en --train-tgt train.de --out runs/mt --lr 1e-3"
+    lm_head_hint = "seq2seq needs a language-model head (a pretrained or preset encoder-decoder or decoder)"
+    preset_objective = "seq2seq"
+    args = Seq2SeqArgs
 
-    Args:
-        model: checkpoint or run folder, Hugging Face folder or hub id, or a preset (transformer-small, transformer-base, gpt-mini) to train from scratch
-        train_src: training source file
-        train_tgt: training target file, aligned line by line with --train-src
-        dev_src: dev source file
-        dev_tgt: dev target file (default for both: a seeded --dev-fraction of the training pairs)
-        out: run folder
-        prompt_template: decoder-only models: the prompt holding {source}; the target follows it
-        metric: dev metric for the best checkpoint and early stopping: BLEU of greedy decoding, or the loss
-        eval_samples: dev pairs decoded at each evaluation (0 = all)
-        num_beams: beams for decoding the whole dev set with the best checkpoint at the end
-        dev_fraction: share of the training pairs held out as dev when no dev files are given
-        resume: a run folder to continue exactly where it stopped
-        overwrite: replace a run that already exists in --out
-    """
-    if num_beams < 1 or eval_samples < 0:
-        raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
-    return command(COMMAND, locals(), build, ("model", "train_src", "train_tgt", "out"),
-                   "--model transformer-small --train-src train.en --train-tgt train.de --out runs/mt --lr 1e-3")
+    def read(self, args: Seq2SeqArgs, seed: int) -> TaskData:
+        pairs = read_aligned(args.train_src, args.train_tgt)
+        files = data_files(args, "train_src", "train_tgt", "dev_src", "dev_tgt")
+        if args.dev_src or args.dev_tgt:
+            if not (args.dev_src and args.dev_tgt):
+                raise ConfigError("--dev-src and --dev-tgt go together; give both aligned dev files")
+            return TaskData(pairs, read_aligned(args.dev_src, args.dev_tgt), args.dev_src, files)
+        pairs, dev = split_dev(pairs, args.dev_fraction, seed)
+        return TaskData(pairs, dev, f"{args.train_src} (held-out {args.dev_fraction:.0%})", files)
+
+    def texts(self, data: TaskData) -> Iterable[str]:
+        return (x for p in data.train for x in p)
+
+    def setup(self, ctx: TaskContext) -> TaskParts:
+        args, train, tokenizer, model = ctx.args, ctx.train, ctx.tokenizer, ctx.model
+        pairs, dev = ctx.data.train, ctx.data.dev
+        if not ctx.resumed and not is_model_path(args.model) and train.lr < 1e-4:
+            ctx.notes.append(f"note: --lr {train.lr:g} is a fine-tuning rate; a model trained from a preset usually "
+                             "wants about 1e-3 (with --warmup-steps of a few hundred)")
+        max_length = ctx.max_length
+        eos = _eos(tokenizer, model)
+        template = args.prompt_template
+        if "{source}" not in template:
+            raise ConfigError(f"--prompt-template {template!r} must contain {{source}}")
+        if model.config.arch == "encoder_decoder":
+            def encode(ps):
+                return ListPairs([(np.asarray(source_ids(tokenizer, s, eos, max_length)[:-1], dtype=np.int64),
+                                   np.asarray(tokenizer.encode(t, add_special_tokens=False), dtype=np.int64))
+                                  for s, t in ps])
+
+            objective = PairObjective(encode(pairs), encode(dev), max_length, train.seed, tokenizer, train.batch_size,
+                                      train.label_smoothing, model.config.decoder_start_token_id)
+        else:
+            train_rows, cut = causal_rows(tokenizer, pairs, template, eos, max_length)
+            dev_rows, _ = causal_rows(tokenizer, dev, template, eos, max_length)
+            if cut:
+                ctx.notes.append(f"{cut:,} training prompt(s) were cut from the left to fit --max-length={max_length}")
+            objective = CausalObjective("seq2seq", train_rows, dev_rows, model.config.pad_id, train.seed,
+                                        train.batch_size, train.label_smoothing)
+        ctx.notes.append(f"seq2seq ({model.config.arch}): {len(pairs):,} training and {len(dev):,} dev pairs "
+                         f"({ctx.data.dev_source})")
+        longest = max(len(tokenizer.encode(t, add_special_tokens=False)) for _, t in dev)
+        new_tokens = min(max(8, math.ceil(1.5 * longest) + 4), max_length - 1)
+        decode = dict(template=template, max_length=max_length, max_new_tokens=new_tokens,
+                      batch_size=max(train.batch_size, 32))
+        eval_pairs = dev[:args.eval_samples] if args.eval_samples else dev
+
+        def evaluate(net: Transformer) -> dict[str, Any]:
+            net.tokenizer = tokenizer
+            result, _ = score(net, eval_pairs, **decode)
+            return {"metric": "bleu", "value": result["bleu"], "bleu_samples": len(eval_pairs)}
+
+        def finish(best: Transformer, out: Path) -> dict[str, Any]:
+            result, hyps = score(best, dev, num_beams=args.num_beams, **decode)
+            lines = [json.dumps({"source": s, "reference": t, "output": h}, ensure_ascii=False)
+                     for (s, t), h in zip(dev, hyps)]
+            lio.write_text(out / "samples.jsonl", "\n".join(lines) + "\n")
+            beams = "greedy" if args.num_beams == 1 else f"{args.num_beams} beams"
+            head = f"dev BLEU {result['bleu']:.2f} ({len(dev)} pairs, {beams})"
+            print(f"{head}; {result['signature']}", flush=True)
+            for (s, t), h in list(zip(dev, hyps))[:3]:
+                print(f"  {s}\n    -> {h}\n    reference: {t}", flush=True)
+            return {"dev": result, "headline": head}
+
+        higher = args.metric == "bleu"
+        return TaskParts(objective, finish, evaluate if higher else None, higher_is_better=higher)
 
 
-__all__ = ["finetune_seq2seq", "translate", "score", "causal_rows", "source_ids"]
+SEQ2SEQ = Seq2SeqTask()
+
+
+finetune_seq2seq = entry_function(SEQ2SEQ, "finetune_seq2seq", "Train or fine-tune a seq2seq model on aligned "
+                                  "source/target files (one sentence per line, .gz allowed).")
+
+__all__ = ["finetune_seq2seq", "translate", "score", "causal_rows", "source_ids", "SEQ2SEQ", "Seq2SeqArgs"]

@@ -13,23 +13,23 @@ samples.jsonl records whether each reply ended with the template's end-of-turn t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .. import io as lio
-from ..errors import ConfigError, DataError
+from .. import metrics
+from ..errors import DataError
 from ..model import Transformer
-from ..tokenizer import Tokenizer
+from ..tokenizer import CHAT_TOKENS, Tokenizer
 from ..train.trainer import eval_loss
 from .data import read_chats
-from ..model.heads import check_arch
 from .objectives import CausalObjective, Rows
-from .runs import (FinetuneConfig, MethodConfig, ModelSource, Task, adapt, base_model, command, eval_mode,
-                   resumed_model, train_and_dev)
+from .runs import entry_function, eval_mode
+from .task import TaskArgs, TaskContext, TaskData, TaskParts, TaskSpec, data_files, option, train_and_dev
 
-COMMAND = "finetune sft"
 
 
 def render(tokenizer: Tokenizer, messages: Sequence[dict[str, str]], where: str = "") -> tuple[str, list[tuple[int, int]]]:
@@ -115,93 +115,79 @@ def prompt_part(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]
     return list(messages[:last]), messages[last]["content"]
 
 
-def build(args: dict[str, Any], train: FinetuneConfig, resumed: dict | None) -> Task:
-    chats, dev, dev_source = train_and_dev(args, read_chats, train.seed)
-    notes: list[str] = []
-    if resumed:
-        model, tokenizer = resumed_model(resumed, Path(args["out"]))
-        method = resumed["method"]
-    else:
-        model = base_model(args, lambda: (m["content"] for _, c in chats for m in c), train, notes)
-        check_arch(model.config, ("decoder",), "chat SFT", f"--model {args['model']}")
-        if model.config.head != "lm":
-            raise ConfigError(f"--model {args['model']} has a {model.config.head} head; SFT needs a language model")
-        tokenizer = model.tokenizer
-        if tokenizer.chat_template is None:
-            notes.append("the tokenizer has no chat template: using ChatML (<|im_start|>role ... <|im_end|>)")
-        missing = [t for t in ("<|im_start|>", "<|im_end|>") if tokenizer.token_to_id(t) is None]
-        if tokenizer.chat_template is None and missing:
-            notes.append(f"note: {', '.join(missing)} are not single tokens of this vocabulary; they are learned as "
-                         "text")
-        method = adapt(model, args)
-    max_length = min(train.max_length, model.config.context_length)
-    train_rows, dropped = chat_rows(tokenizer, chats, max_length, args["train"])
-    dev_rows, _ = chat_rows(tokenizer, dev, max_length, args.get("dev") or args["train"])
-    if not len(train_rows):
-        raise DataError(f"{args['train']}: no conversation has an assistant token within --max-length={max_length}")
-    if dropped:
-        notes.append(f"{dropped:,} conversation(s) have no assistant token within --max-length={max_length} and "
-                     "were left out")
-    targets = sum(int(m[1:].sum()) for m in train_rows.labels)
-    notes.append(f"sft: {len(train_rows):,} training conversations ({targets:,} assistant tokens) and {len(dev):,} "
-                 f"dev ({dev_source})")
-    pad = model.config.pad_id
-    objective = CausalObjective("sft", train_rows, dev_rows, pad, train.seed, train.batch_size, train.label_smoothing)
-
-    def finish(best: Transformer, out: Path) -> dict[str, Any]:
-        from .. import metrics
-
-        with eval_mode(best):  # the objective's own loss over the whole dev set
-            dev_loss, count = eval_loss(best, objective, train.batch_size)
-        sample = [prompt_part(m) for _, m in dev[:args["samples"]]]
-        replies = reply(best, [p for p, _ in sample], max_new_tokens=args["sample_tokens"]) if sample else []
-        lio.write_text(out / "samples.jsonl", "".join(
-            json.dumps({"messages": p, "reference": ref, **r}, ensure_ascii=False) + "\n"
-            for (p, ref), r in zip(sample, replies)))
-        ended = sum(r["ended_turn"] for r in replies) / max(len(replies), 1)
-        head = f"dev assistant-token loss {dev_loss:.4f} (ppl {metrics.perplexity(dev_loss):.2f})"
-        if replies:
-            head += f"; {ended:.0%} of {len(replies)} sample replies end with the end-of-turn token"
-        for (p, ref), r in list(zip(sample, replies))[:3]:
-            print(f"  user: {p[-1]['content'][:100]!r}\n    -> {r['reply'][:120]!r}{'' if r['ended_turn'] else ' [no end-of-turn]'}",
-                  flush=True)
-        return {"dev_loss": dev_loss, "dev_assistant_tokens": count, "template_following": ended,
-                "headline": head}
-
-    files = [args["train"]] + ([args["dev"]] if args.get("dev") else [])
-    return Task("sft", model, tokenizer, objective, None, False, finish, method, files, notes)
+@dataclass
+class SftArgs(TaskArgs):
+    model: str | None = option(None, "decoder checkpoint or run folder, Hugging Face folder or hub id (or a preset, "
+                                     "from scratch)")
+    train: str | None = option(None, 'JSONL file of {"messages": [{"role": "user", "content": ...}, {"role": '
+                                     '"assistant", ...}]}')
+    dev: str | None = option(None, "dev JSONL file (default: a seeded --dev-fraction of the training conversations)")
+    dev_fraction: float = option(0.05, "share of the training conversations held out as dev when --dev is not given")
+    samples: int = option(8, "dev conversations answered by the best checkpoint at the end (samples.jsonl)")
+    sample_tokens: int = option(64, "new tokens at most per sample reply")
 
 
-def finetune_sft(
-    *,
-    model: str | None = None,
-    train: str | None = None,
-    dev: str | None = None,
-    out: str | None = None,
-    dev_fraction: float = 0.05,
-    samples: int = 8,
-    sample_tokens: int = 64,
-    resume: str | None = None,
-    overwrite: bool = False,
-    method: MethodConfig | None = None,
-    source: ModelSource | None = None,
-    options: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """Supervised fine-tuning of a decoder on chat conversations, with the loss on assistant turns only.
+class SftTask(TaskSpec):
+    name, command, title = "sft", "finetune sft", "chat SFT"
+    archs = ("decoder",)
+    example = "--model runs/gpt --train chats.jsonl --out runs/chat"
+    lm_head_hint = "SFT needs a language model"
+    args = SftArgs
 
-    Args:
-        model: decoder checkpoint or run folder, Hugging Face folder or hub id (or a preset, from scratch)
-        train: JSONL file of {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}
-        dev: dev JSONL file (default: a seeded --dev-fraction of the training conversations)
-        out: run folder
-        dev_fraction: share of the training conversations held out as dev when --dev is not given
-        samples: dev conversations answered by the best checkpoint at the end (samples.jsonl)
-        sample_tokens: new tokens at most per sample reply
-        resume: a run folder to continue exactly where it stopped
-        overwrite: replace a run that already exists in --out
-    """
-    return command(COMMAND, locals(), build, ("model", "train", "out"),
-                   "--model runs/gpt --train chats.jsonl --out runs/chat")
+    def read(self, args: SftArgs, seed: int) -> TaskData:
+        return train_and_dev(args, read_chats, seed, data_files(args, "train", "dev"))
+
+    def texts(self, data: TaskData) -> Iterable[str]:
+        return (m["content"] for _, c in data.train for m in c)
+
+    def setup(self, ctx: TaskContext) -> TaskParts:
+        args, train, tokenizer = ctx.args, ctx.train, ctx.tokenizer
+        chats, dev = ctx.data.train, ctx.data.dev
+        if not ctx.resumed and tokenizer.chat_template is None:
+            ctx.notes.append("the tokenizer has no chat template: using ChatML (<|im_start|>role ... <|im_end|>)")
+            missing = [t for t in CHAT_TOKENS if tokenizer.token_to_id(t) is None]
+            if missing:
+                ctx.notes.append(f"note: {', '.join(missing)} are not single tokens of this vocabulary; they are "
+                                 "learned as text")
+        max_length = ctx.max_length
+        train_rows, dropped = chat_rows(tokenizer, chats, max_length, args.train)
+        dev_rows, _ = chat_rows(tokenizer, dev, max_length, args.dev or args.train)
+        if not len(train_rows):
+            raise DataError(f"{args.train}: no conversation has an assistant token within --max-length={max_length}")
+        if dropped:
+            ctx.notes.append(f"{dropped:,} conversation(s) have no assistant token within --max-length={max_length} "
+                             "and were left out")
+        targets = sum(int(m[1:].sum()) for m in train_rows.labels)
+        ctx.notes.append(f"sft: {len(train_rows):,} training conversations ({targets:,} assistant tokens) and "
+                         f"{len(dev):,} dev ({ctx.data.dev_source})")
+        objective = CausalObjective("sft", train_rows, dev_rows, ctx.model.config.pad_id, train.seed,
+                                    train.batch_size, train.label_smoothing)
+
+        def finish(best: Transformer, out: Path) -> dict[str, Any]:
+            with eval_mode(best):  # the objective's own loss over the whole dev set
+                dev_loss, count = eval_loss(best, objective, train.batch_size)
+            sample = [prompt_part(m) for _, m in dev[:args.samples]]
+            replies = reply(best, [p for p, _ in sample], max_new_tokens=args.sample_tokens) if sample else []
+            lio.write_text(out / "samples.jsonl", "".join(
+                json.dumps({"messages": p, "reference": ref, **r}, ensure_ascii=False) + "\n"
+                for (p, ref), r in zip(sample, replies)))
+            ended = sum(r["ended_turn"] for r in replies) / max(len(replies), 1)
+            head = f"dev assistant-token loss {dev_loss:.4f} (ppl {metrics.perplexity(dev_loss):.2f})"
+            if replies:
+                head += f"; {ended:.0%} of {len(replies)} sample replies end with the end-of-turn token"
+            for (p, ref), r in list(zip(sample, replies))[:3]:
+                print(f"  user: {p[-1]['content'][:100]!r}\n    -> {r['reply'][:120]!r}"
+                      f"{'' if r['ended_turn'] else ' [no end-of-turn]'}", flush=True)
+            return {"dev_loss": dev_loss, "dev_assistant_tokens": count, "template_following": ended,
+                    "headline": head}
+
+        return TaskParts(objective, finish, higher_is_better=False)
 
 
-__all__ = ["finetune_sft", "render", "encode_chat", "reply", "chat_rows"]
+SFT = SftTask()
+
+
+finetune_sft = entry_function(SFT, "finetune_sft", "Supervised fine-tuning of a decoder on chat conversations, "
+                              "with the loss on assistant turns only.")
+
+__all__ = ["finetune_sft", "render", "encode_chat", "reply", "chat_rows", "SFT", "SftArgs"]

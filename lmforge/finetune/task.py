@@ -1,0 +1,284 @@
+"""What a fine-tuning task is, as types: its arguments (`TaskArgs`), its data (`TaskData`), what it adds to the
+training loop (`TaskParts`) and the spec that ties them together (`TaskSpec`).
+
+A task module (classify, ner, seq2seq, sft) fills in a `TaskSpec` subclass: how to read its files, which texts train
+a tokenizer for a preset, which labels its head predicts, and `setup`, which turns a built model and the data into
+an objective, a dev metric and a final report. `lmforge.finetune.runs` runs every spec through the same skeleton:
+load or build the model, swap the head, apply the method, train, report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
+
+from ..errors import ConfigError
+from ..model import Transformer
+from ..tokenizer import Tokenizer
+from ..train.objectives import Objective
+from ..train.options import TrainConfig
+from .data import split_dev
+from .objectives import Rows, TaskObjective, class_weight_tensor
+
+
+@dataclass
+class MethodConfig:
+    """What trains; the command line expands it into --method, --unfreeze-layers and the --lora-* options."""
+
+    method: Literal["full", "frozen", "lora"] = field(default="full", metadata={
+        "help": "full (every weight), frozen (the task head, plus --unfreeze-layers top blocks), lora (LoRA adapters "
+                "on --lora-targets, plus the task head)"})
+    unfreeze_layers: int = field(default=0, metadata={"help": "with frozen or lora, also train this many top blocks"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the update is scaled by alpha / rank)"})
+    lora_targets: str = field(default="q,v", metadata={"help": "comma-separated linear layers to adapt: q,k,v,o,gate,"
+                                                                "up,down or full names (q_proj)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+
+
+@dataclass
+class ModelSource:
+    """Where the model's tokenizer and shape come from when --model is a preset (trained from scratch)."""
+
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (for a preset, or to replace the "
+                                                                   "checkpoint's)"})
+    vocab_size: int = field(default=8000, metadata={"help": "vocabulary of the BPE tokenizer trained on the training "
+                                                            "texts for a preset without --tokenizer"})
+    set_: list[str] = field(default_factory=list, metadata={"help": "config override for a preset (--set n_layer=4), "
+                                                                    "or dropout for a checkpoint"})
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """The training options of `lmforge pretrain` with fine-tuning defaults, plus --max-length."""
+
+    epochs: float | None = field(default=3.0, metadata={"help": "passes over the training data (used when "
+                                                                  "--max-steps is not given)"})
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate (5e-5 suits pretrained models; use about "
+                                                      "1e-3 for a model built from a preset)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms, biases or "
+                                                                "position embeddings)"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    max_length: int = field(default=128, metadata={"help": "tokens per input; longer inputs are truncated (or cut "
+                                                           "into windows with --stride)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_length < 4:
+            raise ConfigError(f"--max-length={self.max_length} must be >= 4")
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A field of a task's arguments with its --help text (the entry function's docstring is made from these)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def _hidden(factory: Callable[[], Any]) -> Any:
+    return field(default_factory=factory, metadata={"hidden": True})
+
+
+@dataclass
+class TaskArgs:
+    """The arguments of a fine-tuning run: a task's subclass adds its fields; the task's entry function (and so its
+    command line) is made from them (`lmforge.finetune.runs.entry_function`). run.json records them as "args" and
+    --resume reads them back. The hidden fields come from the --method and model-source options."""
+
+    model: str | None = option(None, "checkpoint or run folder, Hugging Face folder or hub id, or a preset to train "
+                                     "from scratch")
+    out: str | None = option(None, "run folder")
+    resume: str | None = option(None, "a run folder to continue exactly where it stopped")
+    overwrite: bool = option(False, "replace a run that already exists in --out")
+    dev_fraction: float = option(0.1, "share of the training file held out as dev when --dev is not given")
+    method: dict[str, Any] = _hidden(lambda: dataclasses.asdict(MethodConfig()))
+    tokenizer: str | None = _hidden(lambda: None)
+    vocab_size: int = _hidden(lambda: 8000)
+    set_: list[str] = _hidden(list)
+
+    @classmethod
+    def from_call(cls, params: dict[str, Any]) -> "TaskArgs":
+        """From an entry function's parameters: `method` (MethodConfig) and `source` (ModelSource) flattened."""
+        params = dict(params)
+        source = params.pop("source", None) or ModelSource()
+        params["method"] = dataclasses.asdict(params.get("method") or MethodConfig())
+        values = {**params, **dataclasses.asdict(source)}
+        values["set_"] = list(values.get("set_") or [])
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TaskArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TaskData:
+    """A task's training and dev items, where the dev items came from, and the files a resume must find unchanged."""
+
+    train: list
+    dev: list
+    dev_source: str
+    files: list[str]
+
+
+@dataclass
+class TaskContext:
+    """What `TaskSpec.setup` works with: the built (or resumed) model, its tokenizer and labels, and the run."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    data: TaskData
+    args: TaskArgs
+    train: FinetuneConfig
+    notes: list[str]
+    resumed: bool = False
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.config.label_names
+
+    @property
+    def max_length(self) -> int:
+        return min(self.train.max_length, self.model.config.context_length)
+
+
+@dataclass
+class TaskParts:
+    """What a task adds to the one training loop."""
+
+    objective: Objective
+    finish: Callable[[Transformer, Path], dict[str, Any]]  # the final report on the best checkpoint
+    evaluate: Callable[[Transformer], dict[str, Any]] | None = None  # dev metric: {"metric": name, "value": x, ...}
+    higher_is_better: bool = True
+    test: Callable[[Transformer, str], tuple[dict[str, Any], str]] | None = None  # --test FILE: (report, headline)
+
+
+class TaskSpec:
+    """One fine-tuning task. Subclasses set the class attributes and implement `read`, `texts` and `setup` (and
+    `labels` for a task with its own head)."""
+
+    name: ClassVar[str]  # run.json's objective: classify | ner | seq2seq | sft
+    command: ClassVar[str]  # "finetune classify"
+    head: ClassVar[str] = "lm"  # the head the task trains: classify | tag, or lm (the model's own)
+    noun: ClassVar[str] = ""  # what a model of this task is called in messages: "a classifier"
+    title: ClassVar[str]  # what the task is called in messages: "classification"
+    archs: ClassVar[tuple[str, ...]]  # the architectures it fine-tunes
+    required: ClassVar[tuple[str, ...]] = ("model", "train", "out")
+    example: ClassVar[str]  # an example command line after `lmforge <command>`
+    lm_head_hint: ClassVar[str] = ""  # for lm tasks: what a model must be when it came with another head
+    preset_objective: ClassVar[str] = "clm"  # the objective a preset is built for (its special token ids)
+    args: ClassVar[type[TaskArgs]] = TaskArgs
+
+    def read(self, args: TaskArgs, seed: int) -> TaskData:
+        raise NotImplementedError
+
+    def texts(self, data: TaskData) -> Iterable[str]:
+        """The training texts, for a tokenizer trained from scratch (a preset without --tokenizer)."""
+        raise NotImplementedError
+
+    def labels(self, data: TaskData, args: TaskArgs) -> list[str]:
+        """The labels a new head predicts (tasks with head classify | tag)."""
+        raise NotImplementedError
+
+    def setup(self, ctx: TaskContext) -> TaskParts:
+        raise NotImplementedError
+
+
+def data_files(args: TaskArgs, *names: str) -> list[str]:
+    """The data files among `args`' fields `names` that were given (the first is the training file)."""
+    return [getattr(args, n) for n in names if getattr(args, n, None)]
+
+
+def train_and_dev(args: TaskArgs, read: Callable[[str], list], seed: int, files: list[str]) -> TaskData:
+    """The training items and the dev items: from --dev, else a seeded --dev-fraction of the training file."""
+    items = read(args.train)
+    if args.dev:
+        return TaskData(items, read(args.dev), args.dev, files)
+    items, dev = split_dev(items, args.dev_fraction, seed)
+    return TaskData(items, dev, f"{args.train} (held-out {args.dev_fraction:.0%})", files)
+
+
+class LabelledTask(TaskSpec):
+    """A task whose head predicts labels (a label per text, or a tag per word): rows encoded with label indices, the
+    weighted cross-entropy of `TaskObjective`, the dev metric during training, the report on the best checkpoint and
+    on --test. Subclasses say how items are read, encoded, checked and scored."""
+
+    item: ClassVar[str]  # what a training item is called in notes: "text", "sentence"
+    items: ClassVar[str]  # ... in the summary line: "examples", "sentences"
+    label_word: ClassVar[str] = "labels"
+
+    def read_file(self, path: str, args: TaskArgs) -> list:
+        raise NotImplementedError
+
+    def check_known(self, items: list, labels: Sequence[str], path: str) -> None:
+        """A one-line error when `items` (from `path`) carry a label the model does not know."""
+        raise NotImplementedError
+
+    def encode(self, tokenizer: Tokenizer, items: list, *, max_length: int, stride: int | None,
+               labels: Sequence[str], use_types: bool) -> tuple[Rows, int]:
+        """Rows with label indices, and how many items did not fit in --max-length."""
+        raise NotImplementedError
+
+    def label_ids(self, rows: Rows) -> Sequence[int]:
+        """Every label index the loss sees (for class weights)."""
+        return rows.labels
+
+    def dev_metric(self, model: Transformer, rows: Rows, items: list, batch_size: int, args: TaskArgs
+                   ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def score(self, model: Transformer, items: list, *, max_length: int, stride: int | None, batch_size: int
+              ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def report(self, report: dict[str, Any], split: str, labels: Sequence[str], out: Path | None) -> str:
+        """Print (and plot, for dev) a report; returns its headline."""
+        raise NotImplementedError
+
+    def read(self, args: TaskArgs, seed: int) -> TaskData:
+        return train_and_dev(args, lambda path: self.read_file(path, args), seed,
+                             data_files(args, "train", "dev", "word_vectors"))
+
+    def setup(self, ctx: TaskContext) -> TaskParts:
+        args, train, labels = ctx.args, ctx.train, ctx.labels
+        items, dev = ctx.data.train, ctx.data.dev
+        self.check_known(dev, labels, args.dev or args.train)
+        stride, batch_size = args.stride, train.batch_size * 2
+        encode = functools.partial(self.encode, ctx.tokenizer, max_length=ctx.max_length, stride=stride,
+                                   labels=labels, use_types=ctx.model.config.type_vocab_size > 0)
+        (train_rows, cut), (dev_rows, _) = encode(items), encode(dev)
+        if cut:
+            ctx.notes.append(f"{cut:,} training {self.item}(s) are longer than --max-length={ctx.max_length} tokens "
+                             f"and were {'cut into windows' if stride is not None else 'truncated (use --stride for windows)'}")
+        ctx.notes.append(f"{self.name}: {len(items):,} training and {len(dev):,} dev {self.items} "
+                         f"({ctx.data.dev_source}); {self.label_word}: {', '.join(labels)}")
+        weights = class_weight_tensor(args.class_weights, self.label_ids(train_rows), len(labels))
+        objective = TaskObjective(self.name, train_rows, dev_rows, ctx.model.config.pad_id, train.seed,
+                                  train.batch_size, weights, train.label_smoothing)
+        score = functools.partial(self.score, max_length=ctx.max_length, stride=stride, batch_size=batch_size)
+
+        def evaluate(net: Transformer) -> dict[str, Any]:
+            return self.dev_metric(net, dev_rows, dev, batch_size, args)
+
+        def finish(best: Transformer, out: Path) -> dict[str, Any]:
+            report = score(best, dev)
+            return {"dev": report, "headline": self.report(report, "dev", labels, out)}
+
+        def test(best: Transformer, path: str) -> tuple[dict[str, Any], str]:
+            items = self.read_file(path, args)
+            self.check_known(items, labels, path)
+            report = score(best, items)
+            return report, self.report(report, "test", labels, None)
+
+        return TaskParts(objective, finish, evaluate, test=test)
+
+
+__all__ = ["MethodConfig", "ModelSource", "FinetuneConfig", "TaskArgs", "TaskData", "TaskContext", "TaskParts",
+           "TaskSpec", "LabelledTask", "option", "data_files", "train_and_dev"]
