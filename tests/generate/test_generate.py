@@ -20,14 +20,6 @@ SAMPLE = dict(do_sample=True, temperature=0.9, top_k=40, top_p=0.95, seed=7)
 PROMPTS = ["Once upon a time", "The cat", "To be or not to be, that is"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster and immune to other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def gpt():

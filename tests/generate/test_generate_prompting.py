@@ -13,13 +13,6 @@ from _generate_models import lmforge_decoder, lmforge_seq2seq
 EXAMPLES = [("2 + 2", "4"), ("3 + 5", "8"), {"input": "1 + 6", "output": "7"}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_few_shot_prompt():
     assert few_shot_prompt("4 + 4", EXAMPLES, k=2) == "Q: 2 + 2\nA: 4\n\nQ: 3 + 5\nA: 8\n\nQ: 4 + 4\nA:"
