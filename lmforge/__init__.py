@@ -1,14 +1,34 @@
-"""lmforge: train, adapt, compress and ship Transformer language models."""
+"""lmforge: train, adapt, compress and ship Transformer language models.
+
+The public API is imported on first use (`lmforge.load` imports the loaders, `lmforge.generate` the decoding
+engine), so `import lmforge` and `lmforge --help` load neither torch nor anything else heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ._version import __version__
-from .checkpoint import save
-from .config import ModelConfig
-from .errors import LmforgeError
-from .generate import generate  # the function; the module stays importable as lmforge.generate.*
-from .loading import load
-from .model import KVCache, Transformer, build_model
-from .tokenizer import Tokenizer, train_tokenizer
-from . import convert  # noqa: E402,I001  (lmforge.convert.from_hf / to_hf: Hugging Face interop)
 
-__all__ = ["ModelConfig", "LmforgeError", "KVCache", "Transformer", "build_model", "__version__", "load", "save",
-           "Tokenizer", "train_tokenizer", "generate", "convert"]
+_API = {"ModelConfig": "config", "LmforgeError": "errors", "KVCache": "model", "Transformer": "model",
+        "build_model": "model", "load": "loading", "save": "checkpoint", "Tokenizer": "tokenizer",
+        "train_tokenizer": "tokenizer", "generate": "generate"}
+_PACKAGES = ("convert",)
+
+__all__ = [*_API, *_PACKAGES, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    elif name in _PACKAGES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

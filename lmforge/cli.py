@@ -32,12 +32,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("lmforge.commands.generate:generate_cli", "generate: greedy, sampling or beam search; one prompt or a file"),
     "chat": ("lmforge.commands.generate:chat_cli", "chat with a checkpoint in the terminal (streamed, /reset, /exit)"),
     "eval perplexity": ("lmforge.commands.evaluate:perplexity_cli", "perplexity of a checkpoint on prepared data"),
-    "finetune classify": ("lmforge.finetune.classify:finetune_classify", "fine-tune a text (or text-pair) classifier "
+    "finetune classify": ("lmforge.finetune.args:finetune_classify", "fine-tune a text (or text-pair) classifier "
                           "on a TSV/CSV/JSONL file: full, frozen or LoRA"),
-    "finetune ner": ("lmforge.finetune.ner:finetune_ner", "fine-tune a token classifier (NER, BIO tags) on CoNLL files"),
-    "finetune seq2seq": ("lmforge.finetune.seq2seq:finetune_seq2seq", "train or fine-tune a seq2seq model on aligned "
+    "finetune ner": ("lmforge.finetune.args:finetune_ner", "fine-tune a token classifier (NER, BIO tags) on CoNLL files"),
+    "finetune seq2seq": ("lmforge.finetune.args:finetune_seq2seq", "train or fine-tune a seq2seq model on aligned "
                          "source/target files (BLEU on dev)"),
-    "finetune sft": ("lmforge.finetune.sft:finetune_sft", "supervised chat fine-tuning of a decoder (loss on "
+    "finetune sft": ("lmforge.finetune.args:finetune_sft", "supervised chat fine-tuning of a decoder (loss on "
                      "assistant turns)"),
     "predict": ("lmforge.finetune.predict:predict", "apply a fine-tuned model to a file (labels, tags, outputs, replies)"),
     "eval classify": ("lmforge.finetune.evaluate:eval_classify", "accuracy, P/R/F1 and confusion matrix of a classifier"),

@@ -6,17 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoint import is_lmforge_checkpoint, read_config, resolve_checkpoint
 from ..config import PRESETS, ModelConfig, parse_overrides
-from ..model import Transformer
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 
 
 def _config(model: str, overrides: dict[str, Any]) -> ModelConfig:
     """The config of a preset, an lmforge checkpoint or run folder, or a Hugging Face folder or hub id."""
+    from ..checkpoint import is_lmforge_checkpoint, read_config, resolve_checkpoint
+
     path = Path(model)
     folder = resolve_checkpoint(path) if path.exists() and model not in PRESETS else None
     if model in PRESETS:
@@ -33,6 +31,10 @@ def _config(model: str, overrides: dict[str, Any]) -> ModelConfig:
 
 
 def analyse(config: ModelConfig, context: int | None = None, batch_size: int = 1) -> dict[str, Any]:
+    import torch
+
+    from ..model import Transformer
+
     with torch.device("meta"):
         model = Transformer(config)
     T = context or config.context_length

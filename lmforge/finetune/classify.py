@@ -7,9 +7,8 @@ truncated to --max-length, or with --stride cut into overlapping windows whose l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,10 +20,10 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Example, check_known_labels, discover_labels, read_examples
 from .objectives import Rows, collate, sorted_chunks, task_logits
-from .runs import entry_function, eval_mode
-from .task import LabelledTask, TaskArgs, TaskData, option
+from .args import ClassifyArgs, finetune_classify
+from .runs import eval_mode
+from .task import LabelledTask, TaskData
 
-Pooling = Literal["cls", "mean", "last"]
 
 
 def truncating_backend(tokenizer: Tokenizer, max_length: int, stride: int | None) -> HFTokenizer:
@@ -94,30 +93,6 @@ def score(model: Transformer, examples: Sequence[Example], *, max_length: int, s
     return metrics.classification_report([ex.label for ex in examples], pred, labels)
 
 
-@dataclass
-class ClassifyArgs(TaskArgs):
-    train: str | None = option(None, "training file (.tsv, .csv or .jsonl) with a text column and a label column")
-    dev: str | None = option(None, "dev file (default: a seeded --dev-fraction of the training file)")
-    test: str | None = option(None, "test file scored with the best checkpoint at the end")
-    text_column: str = option("text", "column of the text")
-    text_pair_column: str | None = option(None, "column of the second text of a pair (e.g. the hypothesis of NLI)")
-    label_column: str = option("label", "column of the label (labels are discovered in the training file)")
-    pooling: Pooling | None = option(None, "how a sequence becomes one vector: cls (first token), mean, last (default: "
-                                           "the model's; last for decoders)")
-    class_weights: Literal["none", "balanced"] = option("none", "balanced weighs each class by n / (classes * count) "
-                                                                "in the loss")
-    stride: int | None = option(None, "cut long texts into --max-length windows overlapping by this many tokens "
-                                      "(logits averaged)")
-    metric: Literal["accuracy", "macro_f1"] = option("accuracy", "dev metric for the best checkpoint and early "
-                                                                 "stopping (--patience)")
-    word_vectors: str | None = option(None, "GloVe / word2vec text file to initialise the token embeddings (models "
-                                            "from scratch)")
-
-    @property
-    def columns(self) -> list[str]:
-        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
-
-
 class ClassifyTask(LabelledTask):
     name, command, head, noun, title = "classify", "finetune classify", "classify", "a classifier", "classification"
     archs = ("encoder", "decoder")
@@ -160,8 +135,5 @@ class ClassifyTask(LabelledTask):
 
 
 CLASSIFY = ClassifyTask()
-finetune_classify = entry_function(CLASSIFY, "finetune_classify", "Fine-tune a sequence classifier (single texts or "
-                                   "pairs) on a CSV, TSV or JSONL file.")
-
 __all__ = ["finetune_classify", "predict_labels", "score", "encode_examples", "example_logits", "CLASSIFY",
            "ClassifyArgs"]

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from .. import io as lio
 from ..corpus import json_object, read_lines, read_text_blocks
 from ..errors import DataError
@@ -163,6 +161,8 @@ def split_dev(items: list, fraction: float, seed: int) -> tuple[list, list]:
         raise DataError(f"--dev-fraction={fraction} must be between 0 and 1")
     if len(items) < 2:
         raise DataError(f"only {len(items)} training example(s): too few to hold out a dev split; give --dev")
+    import numpy as np  # here, so that the commands' --help does not load it
+
     n_dev = min(max(1, round(fraction * len(items))), len(items) - 1)
     order = np.random.default_rng([seed, 7919]).permutation(len(items))
     dev_idx = set(order[:n_dev].tolist())

@@ -8,7 +8,6 @@ picks the most likely one.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,8 +15,7 @@ from .. import io as lio
 from .. import metrics
 from ..errors import ConfigError, LmforgeError
 from .data import Example, check_known_labels, check_known_tags, discover_labels, read_examples, read_text_lines
-from .predict import InferOptions, training_option
-from .runs import load_for_inference, run_info
+from .args import DecodeOptions, InferOptions, run_info, training_option
 
 
 def _write(out: str | None, report: dict[str, Any], name: str = "report.json") -> None:
@@ -47,6 +45,7 @@ def eval_classify(
         out: folder for report.json and confusion.png
     """
     from .classify import CLASSIFY, score
+    from .runs import load_for_inference
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
@@ -81,6 +80,7 @@ def eval_ner(
     """
     from .data import read_conll
     from .ner import NER, score
+    from .runs import load_for_inference
 
     info = run_info(checkpoint)
     infer = infer or InferOptions()
@@ -92,17 +92,6 @@ def eval_ner(
     print(metrics.format_entities(report))
     _write(out, report)
     return report
-
-
-@dataclass
-class DecodeOptions:
-    """How a seq2seq checkpoint decodes --src for eval bleu / eval rouge."""
-
-    num_beams: int = field(default=1, metadata={"help": "beams of the beam search (1 = greedy)"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "new tokens at most per output"})
-    batch_size: int = field(default=64, metadata={"help": "sources per batch"})
-    save_outputs: str | None = field(default=None, metadata={"help": "write the decoded outputs to this file"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
 
 
 def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, ref: str,
@@ -117,6 +106,7 @@ def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, ref: str,
     else:
         if not (checkpoint and src):
             raise ConfigError("give a checkpoint and --src to decode, or --hyp with the outputs to score")
+        from .runs import load_for_inference
         from .seq2seq import DEFAULT_TEMPLATE, translate
 
         info = run_info(checkpoint)

@@ -10,9 +10,8 @@ takes the prediction of the window in which it is farthest from an edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -22,8 +21,9 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import Sentence, check_known_tags, read_conll, tag_labels
 from .objectives import Rows, collate, sorted_chunks, task_logits
-from .runs import entry_function, eval_mode
-from .task import LabelledTask, TaskArgs, TaskData, option
+from .args import NerArgs, finetune_ner
+from .runs import eval_mode
+from .task import LabelledTask, TaskData
 
 
 
@@ -142,18 +142,6 @@ def score(model: Transformer, sentences: Sequence[Sentence], *, max_length: int,
     return metrics.entity_report([s.tags for s in sentences], pred)
 
 
-@dataclass
-class NerArgs(TaskArgs):
-    train: str | None = option(None, "training CoNLL file")
-    dev: str | None = option(None, "dev CoNLL file (default: a seeded --dev-fraction of the training sentences)")
-    test: str | None = option(None, "test CoNLL file scored with the best checkpoint at the end")
-    class_weights: Literal["none", "balanced"] = option("none", "balanced weighs each tag by n / (tags * count) in "
-                                                                "the loss")
-    stride: int | None = option(None, "cut long sentences into --max-length windows overlapping by this many tokens")
-    word_vectors: str | None = option(None, "GloVe / word2vec text file to initialise the token embeddings (models "
-                                            "from scratch)")
-
-
 class NerTask(LabelledTask):
     name, command, head, noun, title = "ner", "finetune ner", "tag", "a tagger", "NER (token classification)"
     archs = ("encoder", "decoder")
@@ -198,7 +186,4 @@ class NerTask(LabelledTask):
 
 
 NER = NerTask()
-finetune_ner = entry_function(NER, "finetune_ner", "Fine-tune a token classifier (NER, BIO tags) on CoNLL files "
-                              "(token<TAB>tag, blank line between sentences).")
-
 __all__ = ["finetune_ner", "predict_tags", "score", "encode_sentences", "special_frame", "NER", "NerArgs"]

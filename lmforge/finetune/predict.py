@@ -11,38 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import io as lio
 from ..errors import ConfigError, DataError, LmforgeError
 from .data import Sentence, file_kind, read_chats, read_conll, read_examples, read_text_lines
-from .runs import load_for_inference, run_info
-from .tasks import task_of
-
-
-@dataclass
-class InferOptions:
-    """How a fine-tuned model reads its inputs; defaults come from the training run."""
-
-    max_length: int | None = field(default=None, metadata={"help": "tokens per input (default: the training run's)"})
-    stride: int | None = field(default=None, metadata={"help": "windows over long inputs, overlapping by this many "
-                                                                "tokens (default: the training run's)"})
-    batch_size: int = field(default=64, metadata={"help": "inputs per forward pass"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
-
-    def resolved(self, info: dict[str, Any]) -> tuple[int, int | None]:
-        """--max-length and --stride, from the run where not given."""
-        return (training_option(info, "max_length", self.max_length, 128),
-                training_option(info, "stride", self.stride, None))
-
-
-def training_option(info: dict[str, Any], name: str, given: Any, default: Any) -> Any:
-    if given is not None:
-        return given
-    value = info.get("args", {}).get(name, info.get("train", {}).get(name))
-    return default if value is None else value
+from .args import InferOptions, run_info, training_option
 
 
 def write_table(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -94,6 +69,9 @@ def predict(
         num_beams: seq2seq: beams of the beam search (1 = greedy)
         max_new_tokens: seq2seq and chat: new tokens at most per output
     """
+    from .runs import load_for_inference
+    from .tasks import task_of
+
     info = run_info(checkpoint)
     infer = infer or InferOptions()
     model = load_for_inference(checkpoint, infer.device)

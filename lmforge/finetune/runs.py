@@ -7,9 +7,6 @@ report on the best checkpoint. The run folder is that of `lmforge pretrain` (`ru
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,8 +30,8 @@ from ..train.logs import read_metrics
 from ..train.runs import build_config, check_out_folder, read_run, write_run
 from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files
-from .task import (FinetuneConfig, MethodConfig, ModelSource, TaskArgs, TaskContext, TaskParts,
-                   TaskSpec)
+from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
+from .task import TaskContext, TaskParts, TaskSpec
 
 EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv")
 
@@ -157,33 +154,6 @@ def eval_mode(model: torch.nn.Module):
 
 # ---- runs ------------------------------------------------------------------------------------------------
 
-def entry_function(spec: TaskSpec, name: str, summary: str) -> Callable[..., dict[str, Any]]:
-    """The entry function of a task, `lmforge.finetune.<task>.finetune_<task>` and the `lmforge finetune <task>`
-    command: keyword-only parameters made from the fields of the task's arguments (`spec.args`, with their types,
-    defaults and help), then the method, model-source and training options; the docstring's Args section is the
-    fields' help. One definition of a task's arguments serves the Python API, the command line and run.json."""
-    hints = typing.get_type_hints(spec.args)
-    visible = [f for f in dataclasses.fields(spec.args) if not f.metadata.get("hidden")]
-    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-                                default=f.default_factory() if f.default_factory is not dataclasses.MISSING
-                                else f.default) for f in visible]
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=t | None)
-               for n, t in (("method", MethodConfig), ("source", ModelSource), ("options", FinetuneConfig))]
-    signature = inspect.Signature(params, return_annotation=dict[str, Any])
-
-    def entry(**kwargs: Any) -> dict[str, Any]:
-        bound = signature.bind(**kwargs)
-        bound.apply_defaults()
-        return run_task(spec, bound.arguments)
-
-    entry.__signature__ = signature  # type: ignore[attr-defined]
-    entry.__annotations__ = {p.name: p.annotation for p in params} | {"return": dict[str, Any]}
-    entry.__doc__ = f"{summary}\n\nArgs:\n" + "".join(f"    {f.name}: {f.metadata['help']}\n" for f in visible)
-    entry.__name__ = entry.__qualname__ = name
-    entry.__module__ = type(spec).__module__
-    return entry
-
-
 def run_task(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The body of every `lmforge finetune <task>` entry function: --resume, or a new run from its parameters."""
     params = dict(params)
@@ -305,15 +275,6 @@ def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     return lio.save_figure(fig, png)
 
 
-def run_info(path: str | Path) -> dict[str, Any]:
-    """run.json of a run folder, or of the run a checkpoint folder (best/, last/) belongs to; {} when none."""
-    path = Path(path)
-    for folder in (path, path.parent):
-        if (folder / "run.json").exists():
-            return lio.read_json(folder / "run.json")
-    return {}
-
-
 def load_for_inference(checkpoint: str, device: str = "auto", task: TaskSpec | None = None) -> Transformer:
     """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `task`, a
     model without that task's head is a one-line error naming the command that makes one."""
@@ -328,6 +289,6 @@ def load_for_inference(checkpoint: str, device: str = "auto", task: TaskSpec | N
     return model.eval()
 
 
-__all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Run", "run_task", "entry_function", "build_run", "load_base",
-           "resumed_model", "start", "resume", "execute", "eval_mode", "run_info", "load_for_inference",
+__all__ = ["FinetuneConfig", "MethodConfig", "ModelSource", "Run", "run_task", "build_run", "load_base",
+           "resumed_model", "start", "resume", "execute", "eval_mode", "load_for_inference",
            "plot_dev_metric", "share", "is_model_path"]

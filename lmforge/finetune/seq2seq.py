@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -28,10 +27,10 @@ from ..model import Transformer
 from ..tokenizer import Tokenizer
 from .data import read_aligned, split_dev
 from .objectives import CausalObjective, ListPairs, PairObjective, Rows
-from .runs import entry_function, eval_mode, is_model_path
-from .task import TaskArgs, TaskContext, TaskData, TaskParts, TaskSpec, data_files, option
+from .args import DEFAULT_TEMPLATE, Seq2SeqArgs, finetune_seq2seq
+from .runs import eval_mode, is_model_path
+from .task import TaskContext, TaskData, TaskParts, TaskSpec, data_files
 
-DEFAULT_TEMPLATE = "{source}\n"
 
 
 def _eos(tokenizer: Tokenizer, model: Transformer) -> int:
@@ -97,28 +96,6 @@ def translate(model: Transformer, sources: Sequence[str], *, template: str = DEF
 def score(model: Transformer, pairs: Sequence[tuple[str, str]], **options: Any) -> tuple[dict[str, Any], list[str]]:
     hyps = translate(model, [s for s, _ in pairs], **options)
     return metrics.bleu(hyps, [t for _, t in pairs]), hyps
-
-
-@dataclass
-class Seq2SeqArgs(TaskArgs):
-    model: str | None = option(None, "checkpoint or run folder, Hugging Face folder or hub id, or a preset "
-                                     "(transformer-small, transformer-base, gpt-mini) to train from scratch")
-    train_src: str | None = option(None, "training source file")
-    train_tgt: str | None = option(None, "training target file, aligned line by line with --train-src")
-    dev_src: str | None = option(None, "dev source file")
-    dev_tgt: str | None = option(None, "dev target file (default for both: a seeded --dev-fraction of the training "
-                                       "pairs)")
-    prompt_template: str = option(DEFAULT_TEMPLATE, "decoder-only models: the prompt holding {source}; the target "
-                                                    "follows it")
-    metric: Literal["bleu", "loss"] = option("bleu", "dev metric for the best checkpoint and early stopping: BLEU "
-                                                     "of greedy decoding, or the loss")
-    eval_samples: int = option(200, "dev pairs decoded at each evaluation (0 = all)")
-    num_beams: int = option(1, "beams for decoding the whole dev set with the best checkpoint at the end")
-    dev_fraction: float = option(0.05, "share of the training pairs held out as dev when no dev files are given")
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.eval_samples < 0:
-            raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
 
 
 class Seq2SeqTask(TaskSpec):
@@ -200,8 +177,5 @@ class Seq2SeqTask(TaskSpec):
 
 SEQ2SEQ = Seq2SeqTask()
 
-
-finetune_seq2seq = entry_function(SEQ2SEQ, "finetune_seq2seq", "Train or fine-tune a seq2seq model on aligned "
-                                  "source/target files (one sentence per line, .gz allowed).")
 
 __all__ = ["finetune_seq2seq", "translate", "score", "causal_rows", "source_ids", "SEQ2SEQ", "Seq2SeqArgs"]

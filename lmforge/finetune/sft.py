@@ -13,7 +13,6 @@ samples.jsonl records whether each reply ended with the template's end-of-turn t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,8 +26,9 @@ from ..tokenizer import CHAT_TOKENS, Tokenizer
 from ..train.trainer import eval_loss
 from .data import read_chats
 from .objectives import CausalObjective, Rows
-from .runs import entry_function, eval_mode
-from .task import TaskArgs, TaskContext, TaskData, TaskParts, TaskSpec, data_files, option, train_and_dev
+from .args import SftArgs, finetune_sft
+from .runs import eval_mode
+from .task import TaskContext, TaskData, TaskParts, TaskSpec, data_files, train_and_dev
 
 
 
@@ -115,18 +115,6 @@ def prompt_part(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]
     return list(messages[:last]), messages[last]["content"]
 
 
-@dataclass
-class SftArgs(TaskArgs):
-    model: str | None = option(None, "decoder checkpoint or run folder, Hugging Face folder or hub id (or a preset, "
-                                     "from scratch)")
-    train: str | None = option(None, 'JSONL file of {"messages": [{"role": "user", "content": ...}, {"role": '
-                                     '"assistant", ...}]}')
-    dev: str | None = option(None, "dev JSONL file (default: a seeded --dev-fraction of the training conversations)")
-    dev_fraction: float = option(0.05, "share of the training conversations held out as dev when --dev is not given")
-    samples: int = option(8, "dev conversations answered by the best checkpoint at the end (samples.jsonl)")
-    sample_tokens: int = option(64, "new tokens at most per sample reply")
-
-
 class SftTask(TaskSpec):
     name, command, title = "sft", "finetune sft", "chat SFT"
     archs = ("decoder",)
@@ -186,8 +174,5 @@ class SftTask(TaskSpec):
 
 SFT = SftTask()
 
-
-finetune_sft = entry_function(SFT, "finetune_sft", "Supervised fine-tuning of a decoder on chat conversations, "
-                              "with the loss on assistant turns only.")
 
 __all__ = ["finetune_sft", "render", "encode_chat", "reply", "chat_rows", "SFT", "SftArgs"]

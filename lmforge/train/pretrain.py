@@ -8,21 +8,17 @@ A run folder holds `run.json` (everything needed to resume), `last/` and `best/`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import ModelConfig, parse_overrides
-from ..data.batches import PreparedData
-from ..data.prepare import check_tokenizer
 from ..errors import ConfigError, LmforgeError
-from ..loading import load
-from ..model import Transformer
-from ..tokenizer import Tokenizer
-from .objectives import EXAMPLES, Objective, check_objective, default_objective, make_objective
 from .options import TrainConfig
-from .runs import build_config, check_out_folder, read_run, write_run
-from .trainer import Trainer, setup_distributed
+
+if TYPE_CHECKING:  # the library is imported inside the functions, so `lmforge pretrain --help` stays cheap
+    from ..data.batches import PreparedData
+    from ..model import Transformer
+    from ..tokenizer import Tokenizer
+    from .objectives import Objective
 
 ObjectiveName = Literal["auto", "clm", "mlm", "seq2seq"]
 
@@ -51,6 +47,16 @@ def pretrain(
         set_: override a model config field of the preset, e.g. --set n_layer=4 --set d_model=128
         overwrite: replace a run that already exists in --out
     """
+    import torch
+
+    from ..data.batches import PreparedData
+    from ..data.prepare import check_tokenizer
+    from ..loading import load
+    from ..model import Transformer
+    from .objectives import EXAMPLES, check_objective, default_objective
+    from .runs import build_config, check_out_folder, write_run
+    from .trainer import setup_distributed
+
     train = train or TrainConfig()
     if resume:
         return _resume(Path(resume), train)
@@ -102,6 +108,12 @@ def pretrain(
 
 
 def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    from ..data.batches import PreparedData
+    from ..model import Transformer
+    from .runs import read_run
+
     info, train = read_run(run, overrides)
     if not Path(info["data"]).exists():
         raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
@@ -117,12 +129,16 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
 
 
 def _objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
+    from .objectives import make_objective
+
     return make_objective(name, data, tokenizer, context, train.seed, mlm_probability=train.mlm_probability,
                           nsp=train.nsp, label_smoothing=train.label_smoothing)
 
 
 def _run(net: Transformer, objective: Objective, train: TrainConfig, out: Path, tokenizer: Tokenizer,
          resume: bool) -> dict[str, Any]:
+    from .trainer import Trainer
+
     trainer = Trainer(net, objective, train, out, tokenizer, resume=resume)
     if trainer.dist.main:
         params = net.num_parameters()
