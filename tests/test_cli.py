@@ -138,3 +138,20 @@ def test_info_and_help(capsys):
 def test_manifest_records_the_run(work):
     run = json.loads((work / "run" / "run.json").read_text())
     assert run["objective"] == "clm" and run["train"]["max_steps"] == 3
+
+
+def test_help_loads_no_torch():
+    """`lmforge --help` and every `lmforge <verb> --help` are built without importing torch (start-up stays cheap;
+    benchmarks/startup.py times it)."""
+    script = ("import sys, contextlib, io\n"
+              "from lmforge.cli import COMMANDS, main\n"
+              "for argv in [['--help']] + [[*verb.split(), '--help'] for verb in COMMANDS]:\n"
+              "    with contextlib.redirect_stdout(io.StringIO()):\n"
+              "        try:\n"
+              "            main(argv)\n"
+              "        except SystemExit:\n"
+              "            pass\n"
+              "print(sorted(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
