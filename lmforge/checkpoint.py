@@ -53,8 +53,12 @@ def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: T
         lio.write_json(folder / GENERATION_CONFIG, generation)
 
 
-def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | None = None, **options: Any) -> Path:
-    """Save a model (and its tokenizer) as an lmforge checkpoint folder, atomically (see `write_checkpoint`)."""
+def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | None = None, *, overwrite: bool = False,
+         **options: Any) -> Path:
+    """Save a model (and its tokenizer) as an lmforge checkpoint folder, atomically (see `write_checkpoint`). An
+    existing checkpoint there is replaced only with overwrite=True, and anything else never (`io.check_output`)."""
+    lio.check_output(path, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
+                     option="path", flag="overwrite=True")
     with lio.atomic_dir(path) as tmp:
         write_checkpoint(tmp, model, tokenizer, **options)
     return Path(path)
@@ -83,18 +87,22 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     folder = Path(folder)
     try:
         data = lio.read_json(folder / CONFIG)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {folder / CONFIG}: {e}") from None
-    if "lmforge_config" not in data:
-        raise CheckpointError(f"{folder / CONFIG} is not an lmforge config (no 'lmforge_config' key)")
-    return ModelConfig.from_json_dict(data)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {folder / CONFIG}: {e.strerror or e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("lmforge_config"), dict):
+        raise CheckpointError(f"{folder / CONFIG} is not an lmforge config (no 'lmforge_config' object)")
+    try:
+        return ModelConfig.from_json_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{folder / CONFIG}: {e}") from None
 
 
 def is_lmforge_checkpoint(folder: Path) -> bool:
     try:
-        return "lmforge_config" in lio.read_json(folder / CONFIG)
+        data = lio.read_json(folder / CONFIG)
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and "lmforge_config" in data
 
 
 class _SafetensorsFiles:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Union, get_args, get_origin
 
 from .errors import ConfigError, choices
 
@@ -82,6 +84,7 @@ class ModelConfig:
     name: str | None = None  # preset the config came from, informational
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self._check_choice("arch", Arch)
         self._check_choice("norm", Norm)
         self._check_choice("norm_position", NormPosition)
@@ -212,6 +215,67 @@ class ModelConfig:
             raise ConfigError(f"{name}={value!r} is out of range; it must be a whole number >= 1")
 
 
+def _type_name(tp: Any) -> str:
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "an object {...}",
+             list: "a list [...]"}
+    return names.get(get_origin(tp) or tp, str(tp))
+
+
+def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Whether `value` is of type `tp` (ints pass as floats; bools are not numbers), and the value to keep."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return True, None
+        for option in get_args(tp):
+            if option is not type(None):
+                ok, kept = _fits(value, option)
+                if ok:
+                    return True, kept
+        return False, value
+    if origin is Literal:
+        return True, value  # the field's own check names the allowed values
+    if tp is Any:
+        return True, value
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if origin is list or tp is list:
+        item = (get_args(tp) or (Any,))[0]
+        return isinstance(value, list) and all(_fits(v, item)[0] for v in value), value
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, tp), value
+
+
+def check_field_types(obj: Any, prefix: str = "") -> None:
+    """Every field of a dataclass holds a value of its annotated type (config.json, run.json and --set give JSON
+    values of any type); a wrong one is a one-line error naming the field and what it must be."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        tp = hints[f.name]
+        ok, kept = _fits(getattr(obj, f.name), tp)
+        if not ok:
+            wanted = " or ".join(_type_name(t) for t in get_args(tp) if t is not type(None)) \
+                if get_origin(tp) in (Union, types.UnionType) else _type_name(tp)
+            if get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp):
+                wanted += " (or null)"
+            name = f.name.rstrip("_").replace("_", "-") if prefix == "--" else f.name
+            raise ConfigError(f"{prefix}{name}={getattr(obj, f.name)!r} is not valid: it must be {wanted}")
+        object.__setattr__(obj, f.name, kept)
+
+
+def check_options(obj: Any, minimum: dict[str, int] | None = None) -> None:
+    """Command options held in a dataclass: every field of its type, and each field of `minimum` (when not None) at
+    least that value; errors name the option as the command line does (--batch-size)."""
+    check_field_types(obj, prefix="--")
+    for name, low in (minimum or {}).items():
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')}={value} is out of range; it must be >= {low}")
+
+
 def derived_sizes(values: dict[str, Any]) -> dict[str, int | None]:
     """What n_kv_head, head_dim, rotary_dim and d_ff are when not given, from the other fields of `values`."""
     d, heads = values["d_model"], values["n_head"]
@@ -293,4 +357,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "derived_sizes"]
+__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "derived_sizes", "check_field_types", "check_options"]

@@ -24,6 +24,10 @@ class CheckpointError(LmforgeError):
     """A checkpoint folder is missing, incomplete, or does not fit what was asked."""
 
 
+class FileError(LmforgeError, ValueError):
+    """A file lmforge reads is damaged (not the JSON, safetensors or text it should be)."""
+
+
 def choices(values) -> str:
     """Format allowed values for an error message: 'a | b | c'."""
     return " | ".join(str(v) for v in values)

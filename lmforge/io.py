@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import FileError, LmforgeError
 
 TMP_SUFFIX = ".tmp"
 OLD_SUFFIX = ".old"
@@ -61,8 +63,45 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """The JSON in `path`; a file that is not JSON is a one-line error naming it (a missing file raises
+    FileNotFoundError, which callers that expect it check first)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FileError(f"{path} is damaged: not valid JSON ({str(e).splitlines()[0][:120]}); restore it from a "
+                           "copy, or write the output again") from None
+
+
+def check_output(path: str | os.PathLike, *, what: str, overwrite: bool, ours: Callable[[Path], bool] | None = None,
+                 folder: bool = True, inputs: Iterable[Any] = (), option: str = "--out",
+                 flag: str = "--overwrite") -> Path:
+    """Refuse an output path where writing would lose something, before any work is done; nothing is deleted here.
+
+    The rules (README, "Nothing is overwritten"): the path of an input is never an output; a missing path or an
+    empty folder is fine; a file is never replaced by a folder nor a folder by a file; an earlier output of the same
+    kind (`ours(path)`, e.g. an lmforge checkpoint where a checkpoint is written) is replaced only with `flag`;
+    anything else that is not empty is refused even with `flag`, since lmforge replaces only what it made (for a
+    file output, `ours` None: any earlier file counts as one)."""
+    path = Path(path)
+    for source in inputs:
+        if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
+            raise LmforgeError(f"{option} {path} is also an input; write the output to another path")
+    if not path.exists() and not path.is_symlink():
+        return path
+    if folder and not path.is_dir():
+        raise LmforgeError(f"{option} {path} is a file, and {what} is a folder; choose a folder path")
+    if not folder and path.is_dir():
+        raise LmforgeError(f"{option} {path} is a folder; give the path of the file to write")
+    if folder and not any(path.iterdir()):
+        return path
+    if ours is not None and not ours(path):
+        raise LmforgeError(f"{option} {path} is not empty and does not hold {what}; lmforge replaces only what it "
+                           f"made, so not this (not even with {flag}): choose a new or empty {option}")
+    if not overwrite:
+        raise LmforgeError(f"{option} {path} already holds {what}; pass {flag} to replace it, or choose another "
+                           f"{option}")
+    return path
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

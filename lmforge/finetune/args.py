@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from .. import io as lio
+from ..config import check_options
 from ..errors import ConfigError
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs, option
 
@@ -79,6 +80,7 @@ class Seq2SeqArgs(TaskArgs):
     dev_fraction: float = option(0.05, "share of the training pairs held out as dev when no dev files are given")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_beams < 1 or self.eval_samples < 0:
             raise ConfigError("--num-beams must be >= 1 and --eval-samples >= 0")
 
@@ -94,6 +96,11 @@ class SftArgs(TaskArgs):
     samples: int = option(8, "dev conversations answered by the best checkpoint at the end (samples.jsonl)")
     sample_tokens: int = option(64, "new tokens at most per sample reply")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples < 0 or self.sample_tokens < 1:
+            raise ConfigError(f"--samples must be >= 0 and --sample-tokens >= 1 (got {self.samples}, "
+                              f"{self.sample_tokens})")
 
 
 # ---- inference options (predict, eval) --------------------------------------------------------------
@@ -107,6 +114,9 @@ class InferOptions:
                                                                 "tokens (default: the training run's)"})
     batch_size: int = field(default=64, metadata={"help": "inputs per forward pass"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+
+    def __post_init__(self) -> None:
+        check_options(self, {"max_length": 4, "stride": 0, "batch_size": 1})
 
     def resolved(self, info: dict[str, Any]) -> tuple[int, int | None]:
         """--max-length and --stride, from the run where not given."""
@@ -140,6 +150,8 @@ class DecodeOptions:
     save_outputs: str | None = field(default=None, metadata={"help": "write the decoded outputs to this file"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
 
+    def __post_init__(self) -> None:
+        check_options(self, {"num_beams": 1, "max_new_tokens": 1, "batch_size": 1})
 
 
 # ---- entry functions -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+from ..config import check_field_types, check_options
 from ..errors import ConfigError
 from ..train.options import TrainConfig
 
@@ -24,6 +25,9 @@ class MethodConfig:
     lora_targets: str = field(default="q,v", metadata={"help": "comma-separated linear layers to adapt: q,k,v,o,gate,"
                                                                 "up,down or full names (q_proj)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+
+    def __post_init__(self) -> None:
+        check_options(self, {"unfreeze_layers": 0, "lora_rank": 1})
 
 
 @dataclass
@@ -85,6 +89,11 @@ class TaskArgs:
     tokenizer: str | None = _hidden(lambda: None)
     vocab_size: int = _hidden(lambda: 8000)
     set_: list[str] = _hidden(list)
+
+    def __post_init__(self) -> None:
+        check_field_types(self, prefix="--")
+        if not 0 < self.dev_fraction < 1:
+            raise ConfigError(f"--dev-fraction={self.dev_fraction} must be between 0 and 1")
 
     @classmethod
     def from_call(cls, params: dict[str, Any]) -> "TaskArgs":

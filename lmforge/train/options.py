@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..config import check_field_types
 from ..errors import ConfigError
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:
+        check_field_types(self, prefix="--")
         positive = ("batch_size", "grad_accum")
         for name in positive:
             if getattr(self, name) < 1:
