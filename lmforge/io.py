@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import FileError, LmforgeError
+from .errors import ConfigError, FileError
 
 TMP_SUFFIX = ".tmp"
 OLD_SUFFIX = ".old"
@@ -86,21 +86,21 @@ def check_output(path: str | os.PathLike, *, what: str, overwrite: bool, ours: C
     path = Path(path)
     for source in inputs:
         if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise LmforgeError(f"{option} {path} is also an input; write the output to another path")
+            raise ConfigError(f"{option} {path} is also an input; write the output to another path")
     if not path.exists() and not path.is_symlink():
         return path
     if folder and not path.is_dir():
-        raise LmforgeError(f"{option} {path} is a file, and {what} is a folder; choose a folder path")
+        raise ConfigError(f"{option} {path} is a file, and {what} is a folder; choose a folder path")
     if not folder and path.is_dir():
-        raise LmforgeError(f"{option} {path} is a folder; give the path of the file to write")
-    if folder and not any(path.iterdir()):
+        raise ConfigError(f"{option} {path} is a folder; give the path of the file to write")
+    if folder and not any(path.iterdir()) or not folder and path.stat().st_size == 0:
         return path
     if ours is not None and not ours(path):
-        raise LmforgeError(f"{option} {path} is not empty and does not hold {what}; lmforge replaces only what it "
+        raise ConfigError(f"{option} {path} is not empty and does not hold {what}; lmforge replaces only what it "
                            f"made, so not this (not even with {flag}): choose a new or empty {option}")
     if not overwrite:
-        raise LmforgeError(f"{option} {path} already holds {what}; pass {flag} to replace it, or choose another "
-                           f"{option}")
+        raise ConfigError(f"{option} {path} already exists and is not empty; it already holds {what}: pass {flag} to "
+                           f"replace it, or choose another {option}")
     return path
 
 

@@ -409,21 +409,34 @@ def _train_subword(texts: Iterable[str], kind: str, vocab_size: int, special: li
     return tok
 
 
+def is_tokenizer_folder(folder: Path) -> bool:
+    """Whether a folder holds a tokenizer alone (not a model or prepared data, which carry one too)."""
+    folder = Path(folder)
+    return (folder / "tokenizer.json").exists() and not any(
+        (folder / name).exists() for name in ("config.json", "manifest.json", "run.json"))
+
+
 def train_tokenizer_files(
     files: list[str] | str,
     out: str | os.PathLike | None = None,
     kind: Kind = "bpe",
     vocab_size: int | None = 8000,
     arch: str = "decoder",
+    overwrite: bool = False,
     **options: Any,
 ) -> Tokenizer:
-    """Train from text/JSONL files or folders (streamed) and save to `out` when given."""
+    """Train from text/JSONL files or folders (streamed) and save to `out` when given (an earlier tokenizer there is
+    replaced only with overwrite=True; the folder is written whole or not at all)."""
+    if out is not None:
+        lio.check_output(out, what="a tokenizer", overwrite=overwrite, ours=is_tokenizer_folder,
+                         inputs=[files] if isinstance(files, (str, os.PathLike)) else files)
     reader_options = {k: options.pop(k) for k in list(options) if k in
                       ("text_field", "doc_split", "clean", "normalize", "encoding", "skip_bad_files", "glob")}
     reader = CorpusReader(files, **reader_options)
     tokenizer = train_tokenizer(_nonempty(reader.documents_text()), kind, vocab_size, arch, **options)
     if out is not None:
-        tokenizer.save(out)
+        with lio.atomic_dir(out) as tmp:
+            tokenizer.save(tmp)
     return tokenizer
 
 
@@ -436,4 +449,4 @@ def _nonempty(texts: Iterator[str]) -> Iterator[str]:
         raise DataError("the corpus holds no text")
 
 
-__all__ = ["Tokenizer", "train_tokenizer", "train_tokenizer_files", "KINDS", "SPECIALS"]
+__all__ = ["Tokenizer", "train_tokenizer", "train_tokenizer_files", "is_tokenizer_folder", "KINDS", "SPECIALS"]

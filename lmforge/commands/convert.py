@@ -18,10 +18,12 @@ def from_hf_cli(src: str, dst: str, *, dtype: Literal["auto", "fp32", "bf16", "f
         overwrite: replace dst if it exists
         revision: hub revision (branch, tag or commit) when src is a hub id
     """
-    from ..convert.api import DTYPE_NAMES, check_destination, from_hf, write_lmforge
+    from .. import io as lio
+    from ..checkpoint import is_lmforge_checkpoint
+    from ..convert.api import DTYPE_NAMES, from_hf, write_lmforge
 
-    dst_path = Path(dst)
-    check_destination(dst_path, overwrite, src)
+    dst_path = lio.check_output(dst, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
+                                inputs=[src], option="destination")
     model = from_hf(src, device="cpu", dtype=None if dtype == "auto" else dtype, tokenizer=tokenizer,
                     revision=revision)
     write_lmforge(model, dst_path)

@@ -42,6 +42,14 @@ def stdlib_docstrings(min_chars: int = 40) -> list[str]:
     return docs
 
 
+DEMO_FILES = {"corpus.jsonl", "tokenizer", "data", "run"}
+
+
+def is_demo_folder(folder: Path) -> bool:
+    """Whether a folder holds what `lmforge demo` writes (and nothing else)."""
+    return {p.name for p in Path(folder).iterdir()} <= DEMO_FILES
+
+
 def demo(
     *,
     out: str = "lmforge-demo",
@@ -49,7 +57,7 @@ def demo(
     steps: int = 1200,
     prompt: str = "Return the",
     fast: bool = False,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Train a tokenizer and a small Llama-style model on the standard library's docstrings; print a sample and
     the validation perplexity.
@@ -70,7 +78,8 @@ def demo(
     from ..train.pretrain import pretrain
 
     start = time.time()
-    root = Path(out)
+    root = lio.check_output(out, what="an lmforge demo", overwrite=overwrite, ours=is_demo_folder,
+                            inputs=[corpus])
     root.mkdir(parents=True, exist_ok=True)
     if corpus is None:
         docs = stdlib_docstrings()
@@ -84,7 +93,8 @@ def demo(
         corpus_path = Path(corpus)
         print(f"[1/5] corpus: {corpus_path}")
     vocab = 1024 if fast else 4096
-    tok = train_tokenizer_files([str(corpus_path)], root / "tokenizer", kind="bpe", vocab_size=vocab, progress=False)
+    tok = train_tokenizer_files([str(corpus_path)], root / "tokenizer", kind="bpe", vocab_size=vocab, progress=False,
+                                overwrite=True)
     print(f"[2/5] tokenizer: byte-level BPE, {tok.vocab_size:,} tokens -> {root / 'tokenizer'}")
     manifest = prepare_corpus([str(corpus_path)], tok, root / "data", overwrite=True, progress=False)
     splits = manifest["splits"]
@@ -99,7 +109,7 @@ def demo(
     print(f"[4/5] pretraining a {size[1].split('=')[1]}-wide, {size[0].split('=')[1]}-layer Llama-style decoder "
           f"(RoPE, RMSNorm, SwiGLU, grouped-query attention) for {train.max_steps} steps")
     summary = pretrain(data=str(root / "data"), out=str(root / "run"), model="llama-tiny", set_=size, train=train,
-                       overwrite=overwrite)
+                       overwrite=True)
     model = load(root / "run")
     ppl = evaluate.perplexity(model, str(root / "data"), "val")
     from ..generate import generate

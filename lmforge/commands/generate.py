@@ -145,6 +145,7 @@ def generate_cli(
     ignore_eos: bool = False,
     device: str = "cpu",
     dtype: str = "auto",
+    overwrite: bool = False,
 ) -> list[Any]:
     """Generate continuations: greedy, sampling or beam search, for one prompt or a file of prompts.
 
@@ -173,8 +174,9 @@ def generate_cli(
         ignore_eos: keep generating after the end-of-text token.
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
+        overwrite: replace an existing --out file.
     """
-    from ..io import atomic_write
+    from ..io import atomic_write, check_output
     from ..generate.api import generate
     from ..generate.options import GenerationOptions
 
@@ -188,6 +190,8 @@ def generate_cli(
         ignore_eos=ignore_eos, batch_size=batch_size,
         **_sampling_options(sample, temperature, top_k, top_p, min_p))
     GenerationOptions.from_kwargs(**options)  # bad options fail before the model loads
+    if out is not None:
+        check_output(out, what="generations", overwrite=overwrite, folder=False, inputs=[prompts, checkpoint])
     model = _load(checkpoint, device, dtype)
     options["max_new_tokens"] = _default_new(max_new_tokens, 100, model)
     t0 = time.perf_counter()

@@ -313,14 +313,6 @@ def _source_info(src: str | os.PathLike | Transformer) -> tuple[Transformer, dic
     return model, info
 
 
-def check_destination(dst: Path, overwrite: bool, src: Any = None) -> None:
-    if src is not None and not isinstance(src, Transformer) and Path(src).exists() and dst.exists() and \
-            dst.resolve() == Path(src).resolve():
-        raise ConfigError(f"the destination {dst} is the source; write the conversion to another folder")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise ConfigError(f"{dst} already exists and is not empty; choose a new folder or pass --overwrite")
-
-
 def _generation_config(config: ModelConfig, info: dict[str, Any]) -> dict[str, Any]:
     generation = dict(info.get("generation_config") or {})
     for key, value in (("bos_token_id", config.bos_token_id), ("eos_token_id", config.eos_token_id),
@@ -354,8 +346,8 @@ def to_hf(
     the model came from, else the one its options imply. An option the target cannot express raises an error
     naming it, before anything is written.
     """
-    dst = Path(dst)
-    check_destination(dst, overwrite, src)
+    dst = lio.check_output(dst, what="a Hugging Face model folder", overwrite=overwrite, ours=is_hf_folder,
+                           inputs=[] if isinstance(src, Transformer) else [src], option="destination")
     shard_bytes = parse_size(max_shard_size)
     model, info = _source_info(src)
     config = model.config
@@ -401,11 +393,11 @@ def to_hf(
 
 def write_lmforge(model: Transformer, dst: Path) -> None:
     """Write `model` as an lmforge checkpoint, keeping where it came from (model_type, generation config) for a
-    later export."""
+    later export; `dst` has been checked (`io.check_output`) by the caller."""
     info = dict(getattr(model, "hf_source", None) or {})
     generation = info.pop("generation_config", None)
-    save(model, dst, extra={"hf_source": info} if info else None, generation=generation)
+    save(model, dst, extra={"hf_source": info} if info else None, generation=generation, overwrite=True)
 
 
 __all__ = ["from_hf", "to_hf", "hf_folder", "is_hf_folder", "read_hf_config", "export_plan", "write_lmforge",
-           "hf_model_config", "check_destination", "DTYPE_NAMES"]
+           "hf_model_config", "DTYPE_NAMES"]

@@ -107,14 +107,9 @@ def _batches(reader: CorpusReader, batch_chars: int) -> Iterator[list]:
         yield batch
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not (out / "manifest.json").exists() and not overwrite:
-            raise LmforgeError(f"output folder {out} is not empty and holds no lmforge data; choose another --out "
-                               "or pass --overwrite")
-        if not overwrite:
-            raise LmforgeError(f"{out} already holds prepared data (manifest.json); pass --overwrite to replace "
-                               "it or choose another --out")
+def is_prepared(folder: Path) -> bool:
+    """Whether a folder holds data written by `lmforge prepare` (its manifest)."""
+    return (Path(folder) / "manifest.json").exists()
 
 
 def prepare_corpus(
@@ -142,74 +137,73 @@ def prepare_corpus(
 
     if not 0.0 <= val_fraction < 1.0:
         raise LmforgeError(f"val_fraction={val_fraction} is out of range; use 0 <= val_fraction < 1 (0.1 is typical)")
-    out = Path(out)
-    _check_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    out = lio.check_output(out, what="prepared data", overwrite=overwrite, ours=is_prepared, inputs=inputs)
     reader = CorpusReader(inputs, text_field=text_field, doc_split=doc_split, clean=clean, normalize=normalize,
                           dedup=dedup, encoding=encoding, skip_bad_files=skip_bad_files, glob=glob)
-    if split_by == "auto":
-        split_by = "tail" if reader.single_document() else "docs"
-    dtype = token_dtype(tokenizer.vocab_size)
-    writers = {name: _SplitWriter(out / f"{name}.bin", dtype) for name in ("train", "val")}
-    stats = _Stats(tokenizer.vocab_size)
-    rng = np.random.default_rng(seed)
-    prefix, suffix = tokenizer.doc_prefix, tokenizer.doc_suffix
-    doc_split_of: dict[int, str] = {}
-    start = time.time()
-    bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
-    try:
-        for batch in _batches(reader, batch_chars):
-            encoded = tokenizer.encode_batch([p.text for p in batch])
-            for piece, ids in zip(batch, encoded):
-                if piece.doc not in doc_split_of:
-                    split = "val" if (split_by == "docs" and rng.random() < val_fraction) else "train"
-                    doc_split_of = {piece.doc: split}  # only the current document is needed
-                    ids = prefix + ids
-                    writers[split].documents += 1
-                split = doc_split_of[piece.doc]
-                if piece.last:
-                    ids = ids + suffix
-                arr = np.asarray(ids, dtype=np.int64)
-                writers[split].write(arr)
-                stats.add(arr, len(piece.text))
-            bar.update(max(reader.bytes_read - bar.n, 0))
-        bar.update(max(reader.total_bytes - bar.n, 0))
-        bar.close()
-        for w in writers.values():
-            w.close()
-        if val_fraction > 0 and (split_by == "tail" or writers["val"].tokens == 0):
-            _move_tail(writers["train"], writers["val"], val_fraction, dtype)
-            split_by = "tail"
-        for w in writers.values():
-            os.replace(w.tmp, w.path)
-    except BaseException:
-        bar.close()
-        for w in writers.values():
-            w.abort()
-        raise
-    if writers["train"].tokens == 0:
-        raise DataError("the corpus produced no training tokens; give files with text")
-    tokenizer.save(out)
-    manifest = {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": "tokens",
-        "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "kind": tokenizer.kind},
-        "dtype": dtype.name,
-        "splits": {name: {"file": w.path.name, "tokens": w.tokens, "documents": w.documents}
-                   for name, w in writers.items()},
-        "sources": [str(Path(f).resolve()) for f in reader.files],
-        "options": {"val_fraction": val_fraction, "seed": seed, "split_by": split_by, "doc_split": doc_split,
-                    "clean": clean, "normalize": normalize if clean else None, "dedup": dedup,
-                    "text_field": text_field},
-        "documents": reader.documents,
-        "duplicates_removed": reader.duplicates,
-        "skipped_files": reader.skipped_files,
-        "seconds": round(time.time() - start, 2),
-        "stats": stats.report(tokenizer),
-    }
-    lio.write_json(out / "manifest.json", manifest)
-    return manifest
+    with lio.atomic_dir(out) as out:  # written under a temporary name: complete, or not there at all
+        if split_by == "auto":
+            split_by = "tail" if reader.single_document() else "docs"
+        dtype = token_dtype(tokenizer.vocab_size)
+        writers = {name: _SplitWriter(out / f"{name}.bin", dtype) for name in ("train", "val")}
+        stats = _Stats(tokenizer.vocab_size)
+        rng = np.random.default_rng(seed)
+        prefix, suffix = tokenizer.doc_prefix, tokenizer.doc_suffix
+        doc_split_of: dict[int, str] = {}
+        start = time.time()
+        bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+        try:
+            for batch in _batches(reader, batch_chars):
+                encoded = tokenizer.encode_batch([p.text for p in batch])
+                for piece, ids in zip(batch, encoded):
+                    if piece.doc not in doc_split_of:
+                        split = "val" if (split_by == "docs" and rng.random() < val_fraction) else "train"
+                        doc_split_of = {piece.doc: split}  # only the current document is needed
+                        ids = prefix + ids
+                        writers[split].documents += 1
+                    split = doc_split_of[piece.doc]
+                    if piece.last:
+                        ids = ids + suffix
+                    arr = np.asarray(ids, dtype=np.int64)
+                    writers[split].write(arr)
+                    stats.add(arr, len(piece.text))
+                bar.update(max(reader.bytes_read - bar.n, 0))
+            bar.update(max(reader.total_bytes - bar.n, 0))
+            bar.close()
+            for w in writers.values():
+                w.close()
+            if val_fraction > 0 and (split_by == "tail" or writers["val"].tokens == 0):
+                _move_tail(writers["train"], writers["val"], val_fraction, dtype)
+                split_by = "tail"
+            for w in writers.values():
+                os.replace(w.tmp, w.path)
+        except BaseException:
+            bar.close()
+            for w in writers.values():
+                w.abort()
+            raise
+        if writers["train"].tokens == 0:
+            raise DataError("the corpus produced no training tokens; give files with text")
+        tokenizer.save(out)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "kind": "tokens",
+            "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "kind": tokenizer.kind},
+            "dtype": dtype.name,
+            "splits": {name: {"file": w.path.name, "tokens": w.tokens, "documents": w.documents}
+                       for name, w in writers.items()},
+            "sources": [str(Path(f).resolve()) for f in reader.files],
+            "options": {"val_fraction": val_fraction, "seed": seed, "split_by": split_by, "doc_split": doc_split,
+                        "clean": clean, "normalize": normalize if clean else None, "dedup": dedup,
+                        "text_field": text_field},
+            "documents": reader.documents,
+            "duplicates_removed": reader.duplicates,
+            "skipped_files": reader.skipped_files,
+            "seconds": round(time.time() - start, 2),
+            "stats": stats.report(tokenizer),
+        }
+        lio.write_json(out / "manifest.json", manifest)
+        return manifest
 
 
 def _move_tail(train: _SplitWriter, val: _SplitWriter, fraction: float, dtype: np.dtype) -> None:
@@ -244,61 +238,60 @@ def prepare_pairs(
     """Tokenize (source, target) pairs into per-split id files with offsets."""
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    _check_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = token_dtype(tokenizer.vocab_size)
-    rng = np.random.default_rng(seed)
-    files = {(split, side): _SplitWriter(out / f"{split}.{side}.bin", dtype)
-             for split in ("train", "val") for side in ("src", "tgt")}
-    offsets = {key: [0] for key in files}
-    stats = _Stats(tokenizer.vocab_size)
-    n_pairs = {"train": 0, "val": 0}
-    bar = tqdm(unit="pair", desc="tokenizing pairs", disable=not progress)
-    try:
-        batch: list[tuple[str, str]] = []
-        for pair in _chain_end(pairs):
-            if pair is not None:
-                batch.append(pair)
-            if batch and (len(batch) >= batch_pairs or pair is None):
-                src_ids = tokenizer.encode_batch([s for s, _ in batch])
-                tgt_ids = tokenizer.encode_batch([t for _, t in batch])
-                for (s, t), a, b in zip(batch, src_ids, tgt_ids):
-                    split = "val" if rng.random() < val_fraction else "train"
-                    for side, ids, text in (("src", a, s), ("tgt", b, t)):
-                        arr = np.asarray(ids, dtype=np.int64)
-                        files[(split, side)].write(arr)
-                        offsets[(split, side)].append(files[(split, side)].tokens)
-                        stats.add(arr, len(text))
-                    n_pairs[split] += 1
-                bar.update(len(batch))
-                batch = []
-        bar.close()
-        if n_pairs["train"] == 0:
-            raise DataError("no training pairs; give aligned source/target files with content")
-        for key, w in files.items():
-            w.close()
-            os.replace(w.tmp, w.path)
-            with lio.atomic_write(out / f"{key[0]}.{key[1]}.idx", "wb") as f:
-                f.write(np.asarray(offsets[key], dtype=np.int64).tobytes())
-    except BaseException:
-        bar.close()
-        for w in files.values():
-            w.abort()
-        raise
-    tokenizer.save(out)
-    manifest = {
-        "format": FORMAT, "version": VERSION, "kind": "pairs",
-        "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "kind": tokenizer.kind},
-        "dtype": dtype.name,
-        "splits": {split: {"pairs": n_pairs[split], "src_tokens": files[(split, "src")].tokens,
-                           "tgt_tokens": files[(split, "tgt")].tokens} for split in ("train", "val")},
-        "sources": sources or [],
-        "options": {"val_fraction": val_fraction, "seed": seed},
-        "stats": stats.report(tokenizer),
-    }
-    lio.write_json(out / "manifest.json", manifest)
-    return manifest
+    out = lio.check_output(out, what="prepared data", overwrite=overwrite, ours=is_prepared, inputs=sources or ())
+    with lio.atomic_dir(out) as out:  # written under a temporary name: complete, or not there at all
+        dtype = token_dtype(tokenizer.vocab_size)
+        rng = np.random.default_rng(seed)
+        files = {(split, side): _SplitWriter(out / f"{split}.{side}.bin", dtype)
+                 for split in ("train", "val") for side in ("src", "tgt")}
+        offsets = {key: [0] for key in files}
+        stats = _Stats(tokenizer.vocab_size)
+        n_pairs = {"train": 0, "val": 0}
+        bar = tqdm(unit="pair", desc="tokenizing pairs", disable=not progress)
+        try:
+            batch: list[tuple[str, str]] = []
+            for pair in _chain_end(pairs):
+                if pair is not None:
+                    batch.append(pair)
+                if batch and (len(batch) >= batch_pairs or pair is None):
+                    src_ids = tokenizer.encode_batch([s for s, _ in batch])
+                    tgt_ids = tokenizer.encode_batch([t for _, t in batch])
+                    for (s, t), a, b in zip(batch, src_ids, tgt_ids):
+                        split = "val" if rng.random() < val_fraction else "train"
+                        for side, ids, text in (("src", a, s), ("tgt", b, t)):
+                            arr = np.asarray(ids, dtype=np.int64)
+                            files[(split, side)].write(arr)
+                            offsets[(split, side)].append(files[(split, side)].tokens)
+                            stats.add(arr, len(text))
+                        n_pairs[split] += 1
+                    bar.update(len(batch))
+                    batch = []
+            bar.close()
+            if n_pairs["train"] == 0:
+                raise DataError("no training pairs; give aligned source/target files with content")
+            for key, w in files.items():
+                w.close()
+                os.replace(w.tmp, w.path)
+                with lio.atomic_write(out / f"{key[0]}.{key[1]}.idx", "wb") as f:
+                    f.write(np.asarray(offsets[key], dtype=np.int64).tobytes())
+        except BaseException:
+            bar.close()
+            for w in files.values():
+                w.abort()
+            raise
+        tokenizer.save(out)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "kind": "pairs",
+            "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "kind": tokenizer.kind},
+            "dtype": dtype.name,
+            "splits": {split: {"pairs": n_pairs[split], "src_tokens": files[(split, "src")].tokens,
+                               "tgt_tokens": files[(split, "tgt")].tokens} for split in ("train", "val")},
+            "sources": sources or [],
+            "options": {"val_fraction": val_fraction, "seed": seed},
+            "stats": stats.report(tokenizer),
+        }
+        lio.write_json(out / "manifest.json", manifest)
+        return manifest
 
 
 def _chain_end(items):

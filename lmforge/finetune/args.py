@@ -148,6 +148,7 @@ class DecodeOptions:
     max_new_tokens: int | None = field(default=None, metadata={"help": "new tokens at most per output"})
     batch_size: int = field(default=64, metadata={"help": "sources per batch"})
     save_outputs: str | None = field(default=None, metadata={"help": "write the decoded outputs to this file"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --save-outputs file"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
 
     def __post_init__(self) -> None:

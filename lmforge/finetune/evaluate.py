@@ -18,6 +18,15 @@ from .data import Example, check_known_labels, check_known_tags, discover_labels
 from .args import DecodeOptions, InferOptions, run_info, training_option
 
 
+def is_report_folder(folder: Path) -> bool:
+    return (Path(folder) / "report.json").exists()
+
+
+def _check_out(out: str | None, overwrite: bool, *inputs: Any) -> None:
+    if out:
+        lio.check_output(out, what="an evaluation report", overwrite=overwrite, ours=is_report_folder, inputs=inputs)
+
+
 def _write(out: str | None, report: dict[str, Any], name: str = "report.json") -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -32,6 +41,7 @@ def eval_classify(
     text_pair_column: str | None = None,
     label_column: str | None = None,
     out: str | None = None,
+    overwrite: bool = False,
     infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 per class and macro, and the confusion matrix of a classifier on labelled data.
@@ -43,10 +53,12 @@ def eval_classify(
         text_pair_column: column of the second text of pairs (default: the training run's)
         label_column: column of the gold label (default: the training run's)
         out: folder for report.json and confusion.png
+        overwrite: replace a report already in --out
     """
     from .classify import CLASSIFY, score
     from .runs import load_for_inference
 
+    _check_out(out, overwrite, checkpoint, data)
     info = run_info(checkpoint)
     infer = infer or InferOptions()
     model = load_for_inference(checkpoint, infer.device, CLASSIFY)
@@ -69,6 +81,7 @@ def eval_ner(
     *,
     data: str,
     out: str | None = None,
+    overwrite: bool = False,
     infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Entity-level precision, recall and F1 (CoNLL semantics, as seqeval) of a tagger on a CoNLL file.
@@ -77,11 +90,13 @@ def eval_ner(
         checkpoint: fine-tuning run folder (its best checkpoint) or checkpoint folder
         data: CoNLL file with gold tags
         out: folder for report.json
+        overwrite: replace a report already in --out
     """
     from .data import read_conll
     from .ner import NER, score
     from .runs import load_for_inference
 
+    _check_out(out, overwrite, checkpoint, data)
     info = run_info(checkpoint)
     infer = infer or InferOptions()
     model = load_for_inference(checkpoint, infer.device, NER)
@@ -106,6 +121,9 @@ def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, ref: str,
     else:
         if not (checkpoint and src):
             raise ConfigError("give a checkpoint and --src to decode, or --hyp with the outputs to score")
+        if decode.save_outputs:
+            lio.check_output(decode.save_outputs, what="decoded outputs", overwrite=decode.overwrite, folder=False,
+                             inputs=[checkpoint, src, ref], option="--save-outputs")
         from .runs import load_for_inference
         from .seq2seq import DEFAULT_TEMPLATE, translate
 
@@ -194,6 +212,7 @@ def eval_zero_shot(
     limit: int | None = None,
     seed: int = 1234,
     out: str | None = None,
+    overwrite: bool = False,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Zero- or few-shot classification with a language model: each label word is scored as the continuation of
@@ -213,12 +232,14 @@ def eval_zero_shot(
         limit: score only the first N examples
         seed: seed of the shot draws
         out: folder for report.json
+        overwrite: replace a report already in --out
         device: cpu, cuda or auto
     """
     from ..device import resolve_device
     from ..loading import load
     from ..generate.prompting import few_shot_prompt, score_continuations
 
+    _check_out(out, overwrite, checkpoint, data)
     every = read_examples(data, [text_column], label_column)
     examples = every[:limit] if limit else every
     values = discover_labels([ex.label for ex in examples])

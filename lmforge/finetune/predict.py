@@ -55,6 +55,7 @@ def predict(
     text_pair_column: str | None = None,
     num_beams: int = 1,
     max_new_tokens: int | None = None,
+    overwrite: bool = False,
     infer: InferOptions | None = None,
 ) -> dict[str, Any]:
     """Predict with a fine-tuned model: labels for a table, tags for CoNLL tokens, outputs for source lines,
@@ -68,10 +69,12 @@ def predict(
         text_pair_column: column of the second text of a pair (default: the training run's)
         num_beams: seq2seq: beams of the beam search (1 = greedy)
         max_new_tokens: seq2seq and chat: new tokens at most per output
+        overwrite: replace an existing --out file
     """
     from .runs import load_for_inference
     from .tasks import task_of
 
+    out_path = lio.check_output(out, what="predictions", overwrite=overwrite, folder=False, inputs=[input, checkpoint])
     info = run_info(checkpoint)
     infer = infer or InferOptions()
     model = load_for_inference(checkpoint, infer.device)
@@ -80,7 +83,6 @@ def predict(
     task = task_of(model.config.head, info.get("objective")).name
     max_length, stride = infer.resolved(info)
     batch_size = infer.batch_size
-    out_path = Path(out)
     if task == "classify":
         from .classify import predict_labels
 

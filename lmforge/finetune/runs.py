@@ -27,7 +27,7 @@ from ..model.trainable import apply_method, restore_method
 from ..model.word_vectors import init_embeddings
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.logs import read_metrics
-from ..train.runs import build_config, check_out_folder, read_run, write_run
+from ..train.runs import build_config, check_out_folder, clear_run, read_run, write_run
 from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
@@ -176,12 +176,13 @@ def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, An
     out = Path(args.out)
     dist = setup_distributed()
     if dist.main:
-        check_out_folder(out, args.overwrite, extra=EXTRA_FILES)
+        check_out_folder(out, args.overwrite)
     dist.barrier()
     torch.manual_seed(train.seed)
     run = build_run(spec, args, train, None)
     out.mkdir(parents=True, exist_ok=True)
     if dist.main:
+        clear_run(out, EXTRA_FILES)  # everything above is checked: only now does an earlier run (--overwrite) go
         write_run(out, spec.command, spec.name, run.files[0] if run.files else None, run.model.config, train,
                   args=args.to_dict(), data_sha256=sha256_files(run.files), method=run.method)
     dist.barrier()

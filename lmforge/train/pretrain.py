@@ -54,7 +54,7 @@ def pretrain(
     from ..loading import load
     from ..model import Transformer
     from .objectives import EXAMPLES, check_objective, default_objective
-    from .runs import build_config, check_out_folder, write_run
+    from .runs import build_config, check_out_folder, clear_run, write_run
     from .trainer import setup_distributed
 
     train = train or TrainConfig()
@@ -100,6 +100,7 @@ def pretrain(
     obj = _objective(name, prepared, tokenizer, context, train)
     out_path.mkdir(parents=True, exist_ok=True)
     if dist.main:
+        clear_run(out_path)  # everything above is checked: only now does an earlier run (--overwrite) go
         write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
                   model=model if not init else None, init=str(Path(init).resolve()) if init else None,
                   tokenizer_sha256=tokenizer.sha256)

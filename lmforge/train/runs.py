@@ -24,25 +24,31 @@ RUN_FILE = "run.json"
 RUN_FILES = (RUN_FILE, "last", "best", "metrics.jsonl", "metrics.csv", "tensorboard", "loss.png", "summary.json")
 
 
-def check_out_folder(out: Path, overwrite: bool, extra: tuple[str, ...] = ()) -> None:
-    """Refuse a non-empty --out unless overwrite is set; then remove the files of a run there (and `extra` ones)."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if overwrite:
-        for name in RUN_FILES + tuple(extra):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        return
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / RUN_FILE).exists()
+
+
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a --out where a new run would lose something (an earlier run without --overwrite, anything that is
+    not a run even with it); nothing is deleted here, see `clear_run`."""
     run_file = out / RUN_FILE
-    if run_file.exists():
+    if run_file.exists() and not overwrite:
         run = lio.read_json(run_file)
         raise LmforgeError(f"{out} already holds a run ({run.get('objective')} on {run.get('data')}); continue it with "
                            f"`lmforge {run.get('command', 'pretrain')} --resume {out}`, choose another --out, or pass "
                            "--overwrite to replace it")
-    raise LmforgeError(f"{out} is not empty and is not an lmforge run; choose another --out or pass --overwrite")
+    lio.check_output(out, what="an lmforge run", overwrite=overwrite, ours=is_run)
+
+
+def clear_run(out: Path, extra: tuple[str, ...] = ()) -> None:
+    """Remove the files of an earlier run in `out` (and `extra` ones): called once everything of the new run has
+    been checked, just before it writes, so a mistake in the new command never costs the old run."""
+    for name in RUN_FILES + tuple(extra):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def write_run(out: Path, command: str, objective: str, data: str | None, model_config: ModelConfig,
@@ -87,4 +93,4 @@ def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, c
     return ModelConfig.from_name(preset, **values)
 
 
-__all__ = ["RUN_FILE", "RUN_FILES", "check_out_folder", "write_run", "read_run", "build_config"]
+__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "write_run", "read_run", "build_config"]
