@@ -78,7 +78,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if (path / sub / CONFIG).exists():
             return path / sub
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: the folder does not exist")
+        raise CheckpointError(f"no checkpoint at {path}: the folder does not exist{lio.not_found_hint(path)}")
     raise CheckpointError(f"{path} is not a checkpoint: no config.json there (nor in best/ or last/); "
                           "point at a training run folder or a checkpoint folder")
 

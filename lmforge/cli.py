@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import inspect
 import os
@@ -209,6 +210,21 @@ def run(argv: list[str]) -> Any:
     return func(**kwargs)
 
 
+OS_HINTS = {errno.ENOSPC: "free some space or write elsewhere", errno.EDQUOT: "free some space or write elsewhere",
+            errno.EROFS: "write elsewhere",
+            errno.EACCES: "check its permissions, or write elsewhere", errno.EPERM: "check its permissions, or write elsewhere",
+            errno.EISDIR: "it is a folder: give a file path", errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.ENOENT: "check the path", errno.ENAMETOOLONG: "use a shorter path"}
+
+
+def os_error(e: OSError) -> str:
+    """One line for an error of the operating system: the path, the cause, what to do."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f) or "a file"
+    cause = (e.strerror or str(e) or type(e).__name__).rstrip(".").lower()
+    hint = OS_HINTS.get(e.errno or 0)
+    return f"{where}: {cause}" + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import LmforgeError
 
@@ -217,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         run(sys.argv[1:] if argv is None else argv)
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the operating system said no: a full disk, a read-only folder, a missing permission
+        print(f"lmforge: error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)

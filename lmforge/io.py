@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ConfigError, FileError
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # org/name (hub ids are written hf:org/name)
 TMP_SUFFIX = ".tmp"
 OLD_SUFFIX = ".old"
 
@@ -47,9 +49,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a failed write names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
@@ -71,6 +75,12 @@ def read_json(path: str | os.PathLike) -> Any:
     except (ValueError, UnicodeDecodeError) as e:
         raise FileError(f"{path} is damaged: not valid JSON ({str(e).splitlines()[0][:120]}); restore it from a "
                            "copy, or write the output again") from None
+
+
+def not_found_hint(path: str | os.PathLike) -> str:
+    """What to add to "no such folder" for a path that could have been meant as a Hugging Face hub id."""
+    text = str(path)
+    return f" (a Hugging Face hub id is written hf:{text})" if HUB_ID.match(text) else ""
 
 
 def check_output(path: str | os.PathLike, *, what: str, overwrite: bool, ours: Callable[[Path], bool] | None = None,

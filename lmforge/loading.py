@@ -2,7 +2,7 @@
 
 - an lmforge checkpoint folder or training run folder (`lmforge.checkpoint`),
 - a Hugging Face model folder (config.json with `model_type`; `lmforge.convert`),
-- a Hugging Face hub id "org/name" that is not a local path (downloaded by `lmforge.convert.hub`).
+- a Hugging Face hub id, written `hf:org/name` (downloaded by `lmforge.convert.hub`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 from .checkpoint import CONFIG, is_lmforge_checkpoint, load_native, resolve_checkpoint
 from .convert import from_hf, is_hf_folder
-from .convert.hub import looks_like_hub_id
-from .errors import CheckpointError
+from .convert.hub import hub_repo
+from .errors import CheckpointError, LmforgeError
 from .model import Transformer
 
 
@@ -23,11 +23,14 @@ def load(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> Transformer:
-    """Load a model: an lmforge checkpoint or run folder, or a Hugging Face folder or hub id.
+    """Load a model: an lmforge checkpoint or run folder, a Hugging Face folder, or a hub id (hf:org/name).
 
     Returns the `Transformer` in eval mode with `.config` and `.tokenizer`.
     """
-    if looks_like_hub_id(path):  # "org/name" that is not a local path: the Hugging Face hub
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise LmforgeError(f"load needs the path of a checkpoint, run or Hugging Face folder (or hf:org/name); "
+                           f"got {path!r}")
+    if hub_repo(path) is not None:
         return from_hf(str(path), device=device, dtype=dtype)
     folder = resolve_checkpoint(path)
     if is_lmforge_checkpoint(folder):

@@ -30,7 +30,7 @@ from ..model.meta import build_empty, load_weights
 from ..tensor_io import PlannedTensor, parse_size, write_safetensors_shards
 from ..tokenizer import Tokenizer
 from .base import ExportError, Family, HFConfig, Rule
-from .hub import download, looks_like_hub_id
+from .hub import download, hub_repo
 from .registry import REGISTRY, family_for
 from .weights import WeightFiles
 
@@ -56,15 +56,16 @@ FORCED_TOKENIZER_DOC = {"qwen2": "Qwen2Tokenizer: NFC, Qwen's split regex, byte-
 # ---- reading ---------------------------------------------------------------------------------------------
 
 def hf_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
-    """The local folder behind a path or hub id."""
+    """The local folder behind a path or a hub id (hf:org/name)."""
+    repo = hub_repo(path)
+    if repo is not None:
+        return download(repo, revision)
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
-    if looks_like_hub_id(path):
-        return download(str(path), revision)
     if folder.exists():
         raise CheckpointError(f"{folder} is a file; point at the Hugging Face model folder that holds config.json")
-    raise CheckpointError(f"no model at {path}: the folder does not exist (a hub id looks like org/name)")
+    raise CheckpointError(f"no model at {path}: the folder does not exist{lio.not_found_hint(path)}")
 
 
 def is_hf_folder(folder: Path) -> bool:

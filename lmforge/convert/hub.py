@@ -1,4 +1,7 @@
-"""Hub ids ("org/name"): download with `huggingface_hub.snapshot_download`, or say clearly why not.
+"""Hub ids, written `hf:org/name`: download with `huggingface_hub.snapshot_download`, or say clearly why not.
+
+The prefix is required: a bare "org/name" is a local path, so a typo in "runs/gpt-mini" is reported as a missing
+folder instead of fetching a stranger's repository.
 
 Only what lmforge reads is fetched: config and tokenizer files and the safetensors weights (the .bin weights
 only when the repository has no safetensors). With HF_HUB_OFFLINE=1 only the local Hugging Face cache is used.
@@ -7,21 +10,26 @@ only when the repository has no safetensors). With HF_HUB_OFFLINE=1 only the loc
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..io import HUB_ID
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_PREFIX = "hf:"
 METADATA = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "chat_template.jinja", "*.safetensors", "model.safetensors.index.json"]
 BIN_FILES = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
 
 
-def looks_like_hub_id(path: str | os.PathLike) -> bool:
-    """An 'org/name' that is not a local path (relative paths start with ./ or name an existing folder)."""
-    text = str(path)
-    return bool(HUB_ID.match(text)) and not Path(text).exists() and not text.startswith((".", "/", "~"))
+def hub_repo(path: str | os.PathLike | None) -> str | None:
+    """The repository of a hub id `hf:org/name` (None for anything else); a malformed one is an error."""
+    text = str(path) if path is not None else ""
+    if not text.startswith(HUB_PREFIX):
+        return None
+    repo = text[len(HUB_PREFIX):]
+    if not HUB_ID.match(repo):
+        raise CheckpointError(f"{text!r} is not a hub id; write hf:ORG/NAME, e.g. hf:HuggingFaceTB/SmolLM2-135M")
+    return repo
 
 
 def offline() -> bool:
@@ -63,4 +71,4 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     return folder
 
 
-__all__ = ["looks_like_hub_id", "download", "offline"]
+__all__ = ["hub_repo", "download", "offline", "HUB_PREFIX"]

@@ -138,10 +138,15 @@ class WeightFiles:
     def _shards(self, index_file: Path) -> list[Path]:
         try:
             weight_map = lio.read_json(index_file)["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("'weight_map' is not an object")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index_file} is not a shard index (needs a 'weight_map' object): {e}") from None
         files = []
         for name in dict.fromkeys(weight_map.values()):
+            if not isinstance(name, str) or name != Path(name).name or name in ("", ".", "..") or "\\" in name:
+                raise CheckpointError(f"{index_file} names shard {name!r}, which is not a file name in "
+                                      f"{index_file.parent}; shards must sit beside the index (no folders, no ..)")
             if not (index_file.parent / name).exists():
                 raise CheckpointError(f"{index_file} names shard {name}, which is not in {index_file.parent}; "
                                       "the download is incomplete")

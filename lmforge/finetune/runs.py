@@ -16,7 +16,7 @@ import torch
 from .. import io as lio
 from ..checkpoint import save_adapter
 from ..config import PRESETS, ModelConfig, parse_overrides
-from ..convert.hub import looks_like_hub_id
+from ..convert.hub import hub_repo
 from ..device import resolve_device
 from ..errors import ConfigError, DataError, LmforgeError
 from ..loading import load as load_checkpoint
@@ -52,7 +52,7 @@ class Run:
 # ---- models ----------------------------------------------------------------------------------------------
 
 def is_model_path(spec: str) -> bool:
-    return Path(spec).exists() or (spec not in PRESETS and looks_like_hub_id(spec))
+    return Path(spec).exists() or hub_repo(spec) is not None
 
 
 def load_base(spec: str, *, tokenizer: str | None = None, texts: Callable[[], Iterable[str]] | None = None,

@@ -1,4 +1,4 @@
-"""The `lmforge convert from-hf | to-hf` commands end to end, and hub ids ("org/name") without a network."""
+"""The `lmforge convert from-hf | to-hf` commands end to end, and hub ids ("hf:org/name") without a network."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError) as e:
-        lmforge.load("lmforge-test-org/no-such-model")
+        lmforge.load("hf:lmforge-test-org/no-such-model")
     message = str(e.value)
     assert "HF_HUB_OFFLINE=1" in message and "not in the local Hugging Face cache" in message
     assert "pass the local folder" in message and "\n" not in message
@@ -89,9 +89,23 @@ def test_hub_id_unreachable_is_a_clear_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path),
            "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
     code = ("import lmforge\n"
-            "try:\n    lmforge.load('lmforge-test-org/no-such-model')\n"
+            "try:\n    lmforge.load('hf:lmforge-test-org/no-such-model')\n"
             "except lmforge.LmforgeError as e:\n    print('ERROR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("ERROR 'lmforge-test-org/no-such-model' is not a local folder and lmforge cannot reach "
                           "the Hugging Face hub"), out
     assert "pass the local folder" in out or "pass a local folder" in out
+
+
+def test_a_bare_org_name_is_a_local_path_never_a_download(tmp_path, monkeypatch):
+    """A typo in a run folder's name ("runs/gpt-mini") is reported as a missing folder, with the explicit form of a
+    hub id, and nothing is fetched: the hub endpoint is a closed port, so a download attempt would say so."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError) as e:
+        lmforge.load("runs/gpt-mini")
+    assert str(e.value) == ("no checkpoint at runs/gpt-mini: the folder does not exist (a Hugging Face hub id is "
+                            "written hf:runs/gpt-mini)")
+    with pytest.raises(CheckpointError, match="is not a hub id; write hf:ORG/NAME"):
+        lmforge.load("hf:no-slash")
