@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PRESETS, ModelConfig, parse_overrides
+from ..errors import ConfigError
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}
 
@@ -107,6 +108,8 @@ def info(model: str, *, set_: list[str] | None = None, context: int | None = Non
         context: sequence length for the attention FLOPs and memory figures (default: the model's context)
         batch_size: sequences, for the KV-cache and training-memory figures
     """
+    if context is not None and context < 1 or batch_size < 1:
+        raise ConfigError(f"--context and --batch-size must be >= 1 (got {context}, {batch_size})")
     config = _config(model, parse_overrides(set_))
     r = analyse(config, context, batch_size)
     g = r["groups"]

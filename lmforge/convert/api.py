@@ -353,6 +353,8 @@ def to_hf(
     model, info = _source_info(src)
     config = model.config
     wanted = model_type or info.get("model_type")
+    if model_type is not None and model_type not in REGISTRY:
+        raise ConfigError(f"--model-type {model_type!r} cannot be exported; choose one of {' | '.join(sorted(REGISTRY))}")
     family = _export_family(config, wanted if wanted in REGISTRY else None)
     chosen = family.export_model_type(config, model_type or (info.get("model_type")
                                                              if info.get("model_type") in family.model_types else None))

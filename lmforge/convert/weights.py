@@ -226,11 +226,15 @@ class WeightFiles:
 
 
 def _bin_refusal(path: Path, error: Exception) -> CheckpointError:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return CheckpointError(
-        f"refusing to load {path}: it is not a plain weights file ({first[:200]}); lmforge reads .bin files only "
-        "with torch.load(weights_only=True) and never unpickles code. Use the model's safetensors files, or "
-        "convert it to safetensors with a tool you trust")
+    text = str(error)
+    if "weights_only" in text or "pickle" in text.lower() or "GLOBAL" in text:
+        why = ("it holds Python objects besides tensors, and lmforge never unpickles code (it reads .bin files only "
+               "with torch.load(weights_only=True))")
+    else:
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(error).__name__
+        why = f"it is not a readable PyTorch weights file ({first})"
+    return CheckpointError(f"refusing to load {path}: {why}; use the model's safetensors files, or convert it to "
+                           "safetensors with a tool you trust")
 
 
 __all__ = ["WeightFiles", "SafetensorsFile", "SAFETENSORS_INDEX"]

@@ -27,7 +27,7 @@ from ..model.trainable import apply_method, restore_method
 from ..model.word_vectors import init_embeddings
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.logs import read_metrics
-from ..train.runs import build_config, check_out_folder, clear_run, read_run, write_run
+from ..train.runs import build_config, check_out_folder, clear_run, new_run, read_run, write_run
 from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
@@ -183,19 +183,18 @@ def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     if dist.main:
         clear_run(out, EXTRA_FILES)  # everything above is checked: only now does an earlier run (--overwrite) go
-        write_run(out, spec.command, spec.name, run.files[0] if run.files else None, run.model.config, train,
-                  args=args.to_dict(), data_sha256=sha256_files(run.files), method=run.method)
-    dist.barrier()
-    return execute(run, train, out, args, resume=False)
+    with new_run(out, EXTRA_FILES):
+        if dist.main:
+            write_run(out, spec.command, spec.name, run.files[0] if run.files else None, run.model.config, train,
+                      args=args.to_dict(), data_sha256=sha256_files(run.files), method=run.method)
+        dist.barrier()
+        return execute(run, train, out, args, resume=False)
 
 
 def resume(spec: TaskSpec, path: str, overrides: FinetuneConfig) -> dict[str, Any]:
     """Continue a killed or finished run exactly where its last checkpoint stopped."""
     folder = Path(path)
-    info, train = read_run(folder, overrides, FinetuneConfig)
-    if info.get("command") != spec.command:
-        raise LmforgeError(f"{path} is a `{info.get('command')}` run; resume it with `lmforge {info.get('command')} "
-                           f"--resume {path}`")
+    info, train = read_run(folder, overrides, FinetuneConfig, command=spec.command)
     now = sha256_files([p for p in info.get("data_sha256", {}) if Path(p).exists()])
     for file, digest in info.get("data_sha256", {}).items():
         if file not in now:

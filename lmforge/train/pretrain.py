@@ -54,7 +54,7 @@ def pretrain(
     from ..loading import load
     from ..model import Transformer
     from .objectives import EXAMPLES, check_objective, default_objective
-    from .runs import build_config, check_out_folder, clear_run, write_run
+    from .runs import build_config, check_out_folder, clear_run, new_run, write_run
     from .trainer import setup_distributed
 
     train = train or TrainConfig()
@@ -76,8 +76,13 @@ def pretrain(
         if net.tokenizer is not None:
             check_tokenizer(prepared.manifest, net.tokenizer, data, init)
         config = net.config
-        if parse_overrides(set_):
-            config = config.replace(**{k: v for k, v in parse_overrides(set_).items() if k in ("dropout", "attn_dropout")})
+        overrides = parse_overrides(set_)
+        kept = set(overrides) - {"dropout", "attn_dropout"}
+        if kept:
+            raise ConfigError(f"--set {', '.join(sorted(kept))}: with --init the model keeps the shape of {init}; only "
+                              "dropout and attn_dropout can change")
+        if overrides:
+            config = config.replace(**overrides)
         source = f"--init {init}"
     else:
         config = build_config(model, parse_overrides(set_), tokenizer, train.context,
@@ -101,11 +106,13 @@ def pretrain(
     out_path.mkdir(parents=True, exist_ok=True)
     if dist.main:
         clear_run(out_path)  # everything above is checked: only now does an earlier run (--overwrite) go
-        write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
-                  model=model if not init else None, init=str(Path(init).resolve()) if init else None,
-                  tokenizer_sha256=tokenizer.sha256)
-    dist.barrier()
-    return _run(net, obj, train, out_path, tokenizer, resume=False)
+    with new_run(out_path):
+        if dist.main:
+            write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
+                      model=model if not init else None, init=str(Path(init).resolve()) if init else None,
+                      tokenizer_sha256=tokenizer.sha256)
+        dist.barrier()
+        return _run(net, obj, train, out_path, tokenizer, resume=False)
 
 
 def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:

@@ -7,15 +7,16 @@ A run folder holds `run.json`, `last/` (+ `state/`) and `best/` checkpoints, `me
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import io as lio
 from .._version import __version__
 from ..config import ModelConfig
-from ..errors import LmforgeError
+from ..errors import ConfigError, FileError, LmforgeError
 from ..tokenizer import Tokenizer
 from .options import TrainConfig
 from .trainer import setup_distributed
@@ -61,23 +62,45 @@ def write_run(out: Path, command: str, objective: str, data: str | None, model_c
         "created": datetime.datetime.now().isoformat(timespec="seconds")})
 
 
-def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig
-             ) -> tuple[dict[str, Any], TrainConfig]:
-    """A run folder's run.json and training options, with the resuming command's --max-steps, --max-time and
-    --progress applied (and recorded in run.json)."""
+def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig,
+             command: str = "pretrain") -> tuple[dict[str, Any], TrainConfig]:
+    """A run folder's run.json and training options, with the resuming command's --max-steps, --max-time,
+    --progress and (when given) --device applied and recorded in run.json. A run of another command is a one-line
+    error naming the command that resumes it."""
     run_file = run / RUN_FILE
     if not run_file.exists():
         raise LmforgeError(f"{run} is not a run folder (no run.json); give the --out folder of an earlier run")
     info = lio.read_json(run_file)
-    train = config_cls.from_dict(info["train"])
+    if not isinstance(info, dict) or not isinstance(info.get("train"), dict):
+        raise FileError(f"{run_file} is damaged (no 'train' options); the run cannot be resumed from it")
+    if info.get("command", "pretrain") != command:
+        raise LmforgeError(f"{run} is a `{info.get('command')}` run; resume it with `lmforge {info.get('command')} "
+                           f"--resume {run}`")
+    try:
+        train = config_cls.from_dict(info["train"])
+    except ConfigError as e:
+        raise FileError(f"{run_file}: {e}") from None
     changes = {k: getattr(overrides, k) for k in ("max_steps", "max_time") if getattr(overrides, k) is not None}
     changes["progress"] = overrides.progress
-    if changes:
-        train = config_cls.from_dict({**train.to_dict(), **changes})
-        info["train"] = train.to_dict()
-        if setup_distributed().main:
-            lio.write_json(run_file, info)
+    if overrides.device != "auto":
+        changes["device"] = overrides.device
+    train = config_cls.from_dict({**train.to_dict(), **changes})
+    info["train"] = train.to_dict()
+    if setup_distributed().main:
+        lio.write_json(run_file, info)
     return info, train
+
+
+@contextlib.contextmanager
+def new_run(out: Path, extra: tuple[str, ...] = ()) -> Iterator[None]:
+    """Around a new run from the writing of run.json on: if it fails before its first checkpoint, what it wrote is
+    removed, so that retrying the command (fixed) starts afresh instead of finding a run to --resume."""
+    try:
+        yield
+    except BaseException:
+        if not (out / "last").exists() and setup_distributed().main:
+            clear_run(out, extra)
+        raise
 
 
 def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, context: int | None,
@@ -90,7 +113,11 @@ def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, c
     if objective == "seq2seq":
         values["decoder_start_token_id"] = tokenizer.bos_id
     values.update(overrides)
-    return ModelConfig.from_name(preset, **values)
+    config = ModelConfig.from_name(preset, **values)
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"--set vocab_size={config.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                          "tokens: ids past the embedding table would crash; leave vocab_size to the tokenizer")
+    return config
 
 
-__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "write_run", "read_run", "build_config"]
+__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "new_run", "write_run", "read_run", "build_config"]

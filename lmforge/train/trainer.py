@@ -20,7 +20,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from .. import io as lio
 from ..checkpoint import write_checkpoint
 from ..device import native_bf16, parse_dtype, resolve_device
 from ..tensor_io import save_safetensors
-from ..errors import CheckpointError, LmforgeError
+from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..model import Transformer
 from .logs import MetricsLogger, plot_losses
 from .objectives import Objective
@@ -202,6 +202,43 @@ def eval_loss(model: nn.Module, objective: Objective, batch_size: int, limit: in
     return ((total / count).item() if count.item() else float("nan")), int(count.item())
 
 
+@contextlib.contextmanager
+def _interrupts_between_steps() -> Iterator[Callable[[], bool]]:
+    """Within this block (in the main thread), a first Ctrl-C is noted and acted on after the current step (the loop
+    saves a checkpoint and stops); a second one interrupts at once."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    seen = []
+
+    def handler(signum, frame):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _read_tensors(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint's state, or a one-line error naming it when it is missing or damaged."""
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (restore it, or start a new run)")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
+        raise CheckpointError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); restore it from a copy, or start "
+                              "a new run") from None
+
+
 # ---- the loop ------------------------------------------------------------------------------------------
 
 class Trainer:
@@ -231,6 +268,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.state = TrainState()
         self.max_steps = self._max_steps()
+        if config.warmup_steps >= self.max_steps and self.dist.main and not resume:
+            print(f"note: --warmup-steps={config.warmup_steps} is not shorter than the run ({self.max_steps} steps): the "
+                  f"learning rate never reaches --lr={config.lr:g}", flush=True)
         if resume:
             self._load_weights_for_resume()
         self.optimizer = build_optimizer(self.model, config, self.device)
@@ -256,6 +296,9 @@ class Trainer:
         if name == "auto":
             return torch.bfloat16 if native_bf16(self.device) else None
         dtype = parse_dtype(name)
+        if dtype == torch.float16 and self.device.type == "cpu":
+            raise ConfigError("--dtype fp16 is for CUDA GPUs (loss scaling); on the CPU use --dtype bf16 (or auto, "
+                              "which picks bf16 where the CPU computes it natively) or fp32")
         return None if dtype == torch.float32 else dtype
 
     def autocast(self):
@@ -312,10 +355,8 @@ class Trainer:
         return last
 
     def _load_weights_for_resume(self) -> None:
-        from safetensors.torch import load_file
-
         last = self._last_dir()
-        weights = load_file(str(last / "model.safetensors"), device=str(self.device))
+        weights = _read_tensors(last / "model.safetensors", self.device)
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if k not in self.model.tied_keys()]
         if missing or unexpected:
@@ -323,16 +364,24 @@ class Trainer:
                                   f"{unexpected[:3]}); was the run's config changed?")
 
     def _load_state(self) -> None:
-        from safetensors.torch import load_file
-
         last = self._last_dir()
-        meta = lio.read_json(last / STATE_DIR / "trainer_state.json")
-        self.state = TrainState(**meta["state"])
-        load_optimizer_state(self.optimizer, load_file(str(last / STATE_DIR / "optimizer.safetensors"),
-                                                       device=str(self.device)), meta["optimizer"])
-        set_rng_state(load_file(str(last / STATE_DIR / "rng.safetensors")), meta["rng"])
-        if self.scaler and meta.get("scaler"):
-            self.scaler.load_state_dict(meta["scaler"])
+        state_file = last / STATE_DIR / "trainer_state.json"
+        meta = lio.read_json(state_file)
+        try:
+            self.state = TrainState(**meta["state"])
+            load_optimizer_state(self.optimizer, _read_tensors(last / STATE_DIR / "optimizer.safetensors", self.device),
+                                 meta["optimizer"])
+            set_rng_state(_read_tensors(last / STATE_DIR / "rng.safetensors", torch.device("cpu")), meta["rng"])
+            if self.scaler and meta.get("scaler"):
+                self.scaler.load_state_dict(meta["scaler"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            if isinstance(e, LmforgeError):
+                raise
+            raise CheckpointError(f"{last / STATE_DIR} is damaged ({type(e).__name__}: {str(e)[:120]}); the run cannot "
+                                  "resume exactly from it: restore it from a copy, or start a new run") from None
+        if self.state.step > self.max_steps:
+            raise ConfigError(f"the run is at step {self.state.step}, past --max-steps={self.max_steps}; give a larger "
+                              "--max-steps to continue it")
 
     # ---- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float] | None:
@@ -426,44 +475,10 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=st.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not (c.progress and self.dist.main), smoothing=0.1)
         started = time.time() - st.elapsed
-        window_start, window_tokens = time.time(), 0
-        evaluated_at = -1
         self.last_eval: dict[str, Any] | None = None
         try:
-            while st.step < self.max_steps:
-                loss, grad_norm, tokens = self._step(st.step)
-                st.step += 1
-                st.tokens += tokens
-                window_tokens += tokens
-                st.elapsed = time.time() - started
-                if st.step % c.log_every == 0 or st.step == 1 or st.step == self.max_steps:
-                    now = time.time()
-                    rate = window_tokens / max(now - window_start, 1e-9)
-                    window_start, window_tokens = now, 0
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise LmforgeError(f"the loss became {value} at step {st.step}; lower --lr (now {c.lr}) "
-                                           "or raise --warmup-steps, and resume from the last checkpoint")
-                    row = {"step": st.step, "split": "train", "loss": value,
-                           "lr": float(f"{lr_at(st.step - 1, c, self.max_steps):.6g}"),
-                           "grad_norm": round(float(grad_norm), 6), "tokens": st.tokens, "tok_per_s": round(rate, 1),
-                           "elapsed": round(st.elapsed, 2)}
-                    if logger:
-                        logger.log(row)
-                    bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}", lr=f"{row['lr']:.2e}", refresh=False)
-                bar.update(1)
-                stop = False
-                if c.eval_every and st.step % c.eval_every == 0:
-                    stop = self._after_eval(self.evaluate(), logger)
-                    evaluated_at = st.step
-                timed_out = c.max_time is not None and st.elapsed >= c.max_time
-                if stop or timed_out or (c.save_every and st.step % c.save_every == 0) or evaluated_at == st.step:
-                    self.save_last()
-                if stop or timed_out:
-                    break
-            if evaluated_at != st.step:
-                self._after_eval(self.evaluate(), logger)
-                self.save_last()
+            with _interrupts_between_steps() as interrupted:
+                self._loop(logger, bar, started, interrupted)
         finally:
             bar.close()
             if logger:
@@ -473,6 +488,52 @@ class Trainer:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png", title=self.out.name)
             lio.write_json(self.out / "summary.json", summary)
         return summary
+
+    def _loop(self, logger: MetricsLogger | None, bar, started: float, interrupted: Callable[[], bool]) -> None:
+        c, st = self.config, self.state
+        window_start, window_tokens = time.time(), 0
+        evaluated_at = -1
+        while st.step < self.max_steps:
+            loss, grad_norm, tokens = self._step(st.step)
+            st.step += 1
+            st.tokens += tokens
+            window_tokens += tokens
+            st.elapsed = time.time() - started
+            if st.step % c.log_every == 0 or st.step == 1 or st.step == self.max_steps:
+                now = time.time()
+                rate = window_tokens / max(now - window_start, 1e-9)
+                window_start, window_tokens = now, 0
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise LmforgeError(f"the loss became {value} at step {st.step}; lower --lr (now {c.lr}) "
+                                       "or raise --warmup-steps, and resume from the last checkpoint")
+                row = {"step": st.step, "split": "train", "loss": value,
+                       "lr": float(f"{lr_at(st.step - 1, c, self.max_steps):.6g}"),
+                       "grad_norm": round(float(grad_norm), 6), "tokens": st.tokens, "tok_per_s": round(rate, 1),
+                       "elapsed": round(st.elapsed, 2)}
+                if logger:
+                    logger.log(row)
+                bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}", lr=f"{row['lr']:.2e}", refresh=False)
+            bar.update(1)
+            stop = False
+            if c.eval_every and st.step % c.eval_every == 0:
+                stop = self._after_eval(self.evaluate(), logger)
+                evaluated_at = st.step
+            timed_out = c.max_time is not None and st.elapsed >= c.max_time
+            save = stop or timed_out or (c.save_every and st.step % c.save_every == 0) or evaluated_at == st.step
+            if save or interrupted():  # Ctrl-C is acted on here, with the step complete: the checkpoint resumes exactly
+                self.save_last()
+            if interrupted():
+                if self.dist.main:
+                    from tqdm.auto import tqdm
+
+                    tqdm.write(f"interrupted at step {st.step}: saved {self.out / 'last'}; continue with --resume")
+                raise KeyboardInterrupt
+            if stop or timed_out:
+                break
+        if evaluated_at != st.step:
+            self._after_eval(self.evaluate(), logger)
+            self.save_last()
 
     def summary(self) -> dict[str, Any]:
         st = self.state
