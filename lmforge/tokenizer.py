@@ -165,13 +165,16 @@ class Tokenizer:
         if path.is_dir() and not (path / "tokenizer.json").exists():
             path = next((path / sub for sub in ("best", "last") if (path / sub / "tokenizer.json").exists()), path)
         file = path / "tokenizer.json" if path.is_dir() else path
-        if not file.exists():
+        if not file.exists() and path.is_dir() and (path / "vocab.txt").exists():
+            tok = _wordpiece_from_vocab(path)  # a Hugging Face BERT-style folder with the slow tokenizer's files
+        elif not file.exists():
             raise LmforgeError(f"no tokenizer at {path}: expected {file}; train one with `lmforge tokenizer train` "
                                "or point at a folder that holds tokenizer.json")
-        try:
-            tok = HFTokenizer.from_file(str(file))
-        except Exception as e:  # the Rust error names what is wrong in the file
-            raise LmforgeError(f"{file} is not a valid tokenizer.json: {e}") from None
+        else:
+            try:
+                tok = HFTokenizer.from_file(str(file))
+            except Exception as e:  # the Rust error names what is wrong in the file
+                raise LmforgeError(f"{file} is not a valid tokenizer.json: {e}") from None
         # as transformers: padding and truncation stored in tokenizer.json apply only when a call asks for them
         tok.no_padding()
         tok.no_truncation()
@@ -253,6 +256,27 @@ def _apply_hf_config(tok: HFTokenizer, config: dict[str, Any], folder: Path) -> 
                                normalized=entry.get("normalized", not entry.get("special", False)),
                                special=entry.get("special", False))
             (tok.add_special_tokens if entry.get("special") else tok.add_tokens)([token])
+
+
+def _wordpiece_from_vocab(folder: Path) -> HFTokenizer:
+    """BERT's WordPiece tokenizer from vocab.txt and the options of tokenizer_config.json, as transformers builds
+    its fast tokenizer from the same files (lower-casing, accent stripping, Chinese characters, [CLS] ... [SEP])."""
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    config_file = folder / "tokenizer_config.json"
+    config = lio.read_json(config_file) if config_file.exists() else {}
+    lower = bool(config.get("do_lower_case", True))
+    accents = config.get("strip_accents")
+    try:
+        bert = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=lower,
+                                      strip_accents=lower if accents is None else bool(accents),
+                                      handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+                                      clean_text=True, unk_token=config.get("unk_token", "[UNK]"),
+                                      sep_token=config.get("sep_token", "[SEP]"), cls_token=config.get("cls_token", "[CLS]"),
+                                      pad_token=config.get("pad_token", "[PAD]"), mask_token=config.get("mask_token", "[MASK]"))
+    except Exception as e:
+        raise LmforgeError(f"{folder / 'vocab.txt'} is not a WordPiece vocabulary lmforge can read ({e})") from None
+    return bert._tokenizer
 
 
 def _guess_special(tok: HFTokenizer) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -217,19 +218,21 @@ def hf_model_config(path: str | os.PathLike, revision: str | None = None) -> Mod
     return _describe(hf_folder(path, revision))[-1]
 
 
-def _load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer:
-    if not (folder / "tokenizer.json").exists():
+def _load_tokenizer(folder: Path, config: ModelConfig) -> Tokenizer | None:
+    """The folder's tokenizer: tokenizer.json, or WordPiece rebuilt from vocab.txt; with neither, the weights load
+    alone (tokenizer None, and a one-line note), as transformers loads a model without its tokenizer."""
+    if not (folder / "tokenizer.json").exists() and not (folder / "vocab.txt").exists():
         found = [name for name in TOKENIZER_FILES if (folder / name).exists()]
-        hint = f" (it has {', '.join(found)}: the slow-tokenizer files)" if found else ""
-        raise CheckpointError(
-            f"{folder} has no tokenizer.json{hint}; lmforge reads the Hugging Face fast-tokenizer file. Create it "
-            "once with transformers (AutoTokenizer.from_pretrained(FOLDER).save_pretrained(FOLDER)), or load the "
-            "weights alone with lmforge.convert.from_hf(FOLDER, tokenizer=False)")
+        has = f" (it has {', '.join(found)}, which lmforge cannot read)" if found else ""
+        print(f"note: {folder} has no tokenizer.json{has}: loading the weights without a tokenizer; the commands that "
+              "read text need one (create it once with transformers: AutoTokenizer.from_pretrained(FOLDER)"
+              ".save_pretrained(FOLDER))", file=sys.stderr)
+        return None
     tok = Tokenizer.load(folder)
     if tok.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{folder / 'tokenizer.json'} has {tok.vocab_size} tokens but the model's "
-                              f"vocab_size is {config.vocab_size}: ids past the embedding table would crash; "
-                              "tokenizer and weights do not belong together")
+        source = folder / ("tokenizer.json" if (folder / "tokenizer.json").exists() else "vocab.txt")
+        raise CheckpointError(f"{source} has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}: "
+                              "ids past the embedding table would crash; tokenizer and weights do not belong together")
     return tok
 
 

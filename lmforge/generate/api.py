@@ -258,6 +258,9 @@ def generate(model, prompts: Any, *, tokenizer=None, attention_mask: torch.Tenso
     stop, seed, plus eos_token_id, pad_token_id, ignore_eos, batch_size, truncate ("error" | "left"),
     use_cache, skip_special_tokens. Bad values raise `ConfigError` naming the option and its allowed range.
     """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise LmforgeError(f"generate needs a model, not {type(model).__name__}: load one first, "
+                           "model = lmforge.load(path)")
     opts = GenerationOptions.from_kwargs(**options)
     tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     spec = ModelSpec.of(model, tok, opts)

@@ -68,6 +68,9 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, start + T):
+            raise LmforgeError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must be (batch, cached + "
+                               f"new tokens) = {(B, start + T)}")
         if start + T > self.config.context_length:
             raise LmforgeError(f"sequence of {start + T} tokens is longer than the model's context_length="
                                f"{self.config.context_length}; truncate the input or use a longer context")
@@ -320,10 +323,17 @@ class Transformer(nn.Module):
         return shifted
 
     def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor):
+            raise LmforgeError(f"token ids must be a tensor of shape (batch, length); got {type(ids).__name__}")
         if ids.dim() != 2:
             raise LmforgeError(f"token ids must have shape (batch, length); got {tuple(ids.shape)}")
         if ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
             raise LmforgeError(f"token ids must be integers; got {ids.dtype}")
+        if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():  # (on a GPU: no sync)
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise LmforgeError(f"token id {low if low < 0 else high} is out of range: this model's ids are 0 .. "
+                                   f"{self.config.vocab_size - 1} (is the tokenizer the model's own?)")
 
     # ---- weights --------------------------------------------------------------------------------------
     def tied_keys(self) -> set[str]:
@@ -334,8 +344,13 @@ class Transformer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k not in self.tied_keys()}
 
 
-def build_model(config: ModelConfig, device: str | torch.device | None = None,
+def build_model(config: ModelConfig | str, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None) -> Transformer:
+    """A model with fresh weights from a config, or from a preset's name ("gpt-nano")."""
+    if isinstance(config, str):
+        config = ModelConfig.from_name(config)
+    if not isinstance(config, ModelConfig):
+        raise LmforgeError(f"build_model needs a ModelConfig or a preset name; got {type(config).__name__}")
     model = Transformer(config)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)

