@@ -71,8 +71,12 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_text_blocks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
-    """Decode a file block by block; raise DataError naming the byte offset of binary or invalid data."""
+CORPUS_OPTIONS = ", pass --encoding, or --skip-bad-files"  # what the corpus commands (prepare, tokenizer train) offer
+
+
+def read_text_blocks(path: Path, encoding: str = "utf-8", options: str = "") -> Iterator[str]:
+    """Decode a file block by block; raise DataError naming the byte offset of binary or invalid data. `options` is
+    what the calling command offers about such files (CORPUS_OPTIONS for the corpus readers; none elsewhere)."""
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     offset = 0
     try:
@@ -82,13 +86,13 @@ def read_text_blocks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
                 final = not block
                 nul = block.find(b"\x00", 0, 8192) if offset == 0 else -1
                 if nul >= 0 and encoding.lower().replace("-", "") == "utf8":
-                    raise DataError(f"{path} looks binary (a NUL byte at byte {nul}); "
-                                    "pass only text files, or --skip-bad-files to skip such files")
+                    skip = ", or --skip-bad-files to skip such files" if options else ""
+                    raise DataError(f"{path} looks binary (a NUL byte at byte {nul}); pass only text files{skip}")
                 try:
                     text = decoder.decode(block, final=final)
                 except UnicodeDecodeError as e:
                     raise DataError(f"{path} is not valid {encoding} at byte {offset + e.start}; convert it "
-                                    f"(e.g. iconv -f latin1 -t utf-8), pass --encoding, or --skip-bad-files") from None
+                                    f"(e.g. iconv -f latin1 -t utf-8){options}") from None
                 offset += len(block)
                 if text:
                     yield text
@@ -100,10 +104,10 @@ def read_text_blocks(path: Path, encoding: str = "utf-8") -> Iterator[str]:
         raise DataError(f"cannot read {path}: {e}") from None
 
 
-def read_lines(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+def read_lines(path: Path, encoding: str = "utf-8", options: str = "") -> Iterator[str]:
     """Lines of a text file without their line ends, streamed."""
     rest = ""
-    for block in read_text_blocks(path, encoding):
+    for block in read_text_blocks(path, encoding, options):
         block = rest + block
         lines = block.split("\n")
         rest = lines.pop()
@@ -203,7 +207,7 @@ class CorpusReader:
         if _suffix(path) == ".jsonl":
             yield from self._jsonl_documents(path)
         elif self.doc_split == "line":
-            for line in read_lines(path, self.encoding):
+            for line in read_lines(path, self.encoding, CORPUS_OPTIONS):
                 self.bytes_read += len(line) + 1
                 yield [line]
         elif self.doc_split == "blank":
@@ -225,7 +229,7 @@ class CorpusReader:
 
     def _lines_keepends(self, path: Path) -> Iterator[str]:
         rest = ""
-        for block in read_text_blocks(path, self.encoding):
+        for block in read_text_blocks(path, self.encoding, CORPUS_OPTIONS):
             self.bytes_read += len(block)
             block = rest + block
             lines = block.splitlines(keepends=True)
@@ -236,7 +240,7 @@ class CorpusReader:
 
     def _paragraphs(self, path: Path) -> Iterator[list[str]]:
         para: list[str] = []
-        for line in read_lines(path, self.encoding):
+        for line in read_lines(path, self.encoding, CORPUS_OPTIONS):
             self.bytes_read += len(line) + 1
             if line.strip():
                 para.append(line)
@@ -247,7 +251,7 @@ class CorpusReader:
             yield ["\n".join(para)]
 
     def _jsonl_documents(self, path: Path) -> Iterator[list[str]]:
-        for lineno, line in enumerate(read_lines(path, self.encoding), 1):
+        for lineno, line in enumerate(read_lines(path, self.encoding, CORPUS_OPTIONS), 1):
             self.bytes_read += len(line) + 1
             if not line.strip():
                 continue
@@ -265,7 +269,7 @@ class CorpusReader:
 
 def read_parallel(source: str | Path, target: str | Path, encoding: str = "utf-8") -> Iterator[tuple[str, str]]:
     """Aligned lines of two files (plain or gzipped), checking that they have the same number of lines."""
-    src_lines, tgt_lines = read_lines(Path(source), encoding), read_lines(Path(target), encoding)
+    src_lines, tgt_lines = (read_lines(Path(f), encoding, ", or pass --encoding") for f in (source, target))
     n = 0
     for n, (s, t) in enumerate(_zip_strict(src_lines, tgt_lines, source, target), 1):
         yield s, t
@@ -297,7 +301,7 @@ def json_object(path: str | Path, lineno: int, line: str) -> dict[str, Any]:
 
 def read_pairs_jsonl(path: str | Path, source_field: str = "source", target_field: str = "target",
                      encoding: str = "utf-8") -> Iterator[tuple[str, str]]:
-    for lineno, line in enumerate(read_lines(Path(path), encoding), 1):
+    for lineno, line in enumerate(read_lines(Path(path), encoding, ", or pass --encoding"), 1):
         if not line.strip():
             continue
         record = json_object(path, lineno, line)

@@ -140,9 +140,16 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = False,
                             **kwargs: Any) -> str:
         """Render chat messages with the tokenizer's Jinja template (or the default ChatML one)."""
-        template = _compiled_template(self.chat_template or DEFAULT_CHAT_TEMPLATE)
+        from jinja2 import TemplateError
+
         tokens = {f"{r}_token": t for r, t in self.special.items() if t is not None}
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens, **kwargs)
+        try:
+            template = _compiled_template(self.chat_template or DEFAULT_CHAT_TEMPLATE)
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens, **kwargs)
+        except TemplateError as e:  # a syntax error, or what the sandbox refuses (attribute access, unsafe calls)
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise LmforgeError(f"the tokenizer's chat template cannot be rendered ({type(e).__name__}: {first}); fix "
+                               "chat_template in tokenizer_config.json or remove it to use ChatML") from None
 
     # ---- files ----------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:

@@ -80,6 +80,10 @@ def predict(
     model = load_for_inference(checkpoint, infer.device)
     if model.tokenizer is None:
         raise LmforgeError(f"{checkpoint} has no tokenizer; it cannot read text")
+    if model.config.head == "lm" and model.config.arch == "decoder" and info.get("command", "").split(" ")[0] != "finetune":
+        raise ConfigError(f"{checkpoint} is a language model that no fine-tuning run made; predict needs a model "
+                          "fine-tuned with `lmforge finetune classify | ner | seq2seq | sft` (to continue text, use "
+                          "`lmforge generate`)")
     task = task_of(model.config.head, info.get("objective")).name
     max_length, stride = infer.resolved(info)
     batch_size = infer.batch_size
