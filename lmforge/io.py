@@ -22,7 +22,6 @@ from .errors import ConfigError, FileError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # org/name (hub ids are written hf:org/name)
 TMP_SUFFIX = ".tmp"
-OLD_SUFFIX = ".old"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,10 +128,17 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def scratch_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Where `atomic_dir` builds a folder and where it keeps the previous copy during the swap: hidden names that no
+    one else uses (`.NAME.lmforge-tmp`, `.NAME.lmforge-old`), so a user's own `NAME.tmp` is never touched."""
+    path = Path(path).resolve()
+    return path.with_name(f".{path.name}.lmforge-tmp"), path.with_name(f".{path.name}.lmforge-old")
+
+
 def recover_dir(path: str | os.PathLike) -> Path:
-    """Finish an interrupted `atomic_dir` swap: if only `<path>.old` exists, it is the last complete copy."""
+    """Finish an interrupted `atomic_dir` swap: if only the previous copy exists, it is the last complete one."""
     path = Path(path)
-    old = path.with_name(path.name + OLD_SUFFIX)
+    _, old = scratch_paths(path)
     if not path.exists() and old.is_dir():
         os.replace(old, path)
     return path
@@ -142,12 +148,11 @@ def recover_dir(path: str | os.PathLike) -> Path:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name, then swap it in for `path`.
 
-    At every moment either `path` or `path.old` holds a complete folder; readers call `recover_dir` first.
+    At every moment either `path` or its previous copy holds a complete folder; readers call `recover_dir` first.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     recover_dir(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    old = path.with_name(path.name + OLD_SUFFIX)
+    tmp, old = scratch_paths(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -7,6 +7,7 @@ report on the best checkpoint. The run folder is that of `lmforge pretrain` (`ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,7 +28,7 @@ from ..model.trainable import apply_method, restore_method
 from ..model.word_vectors import init_embeddings
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.logs import read_metrics
-from ..train.runs import build_config, check_out_folder, clear_run, new_run, read_run, write_run
+from ..train.runs import build_config, check_out_folder, clear_run, new_run, read_run, record_run, write_run
 from ..train.trainer import Trainer, setup_distributed
 from .data import sha256_files
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
@@ -159,6 +160,13 @@ def run_task(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
     params = dict(params)
     options = params.pop("options", None) or FinetuneConfig()
     if params.get("resume"):
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(spec.args)} | {"method": MethodConfig(), "source": ModelSource()}
+        given = [k for k, v in params.items() if k != "resume" and not _same(v, defaults.get(k))]
+        if given:
+            raise ConfigError(f"{', '.join('--' + k.rstrip('_').replace('_', '-') for k in given)} cannot be given with "
+                              "--resume: the run continues with its own model, data and options (start a new run to "
+                              "change them)")
         return resume(spec, params["resume"], options)
     missing = [k for k in spec.required if not params.get(k)]
     if missing:
@@ -167,6 +175,14 @@ def run_task(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
                           f"{', '.join('--' + k.replace('_', '-') for k in missing)}; e.g. lmforge {spec.command} "
                           f"{spec.example}")
     return start(spec, spec.args.from_call(params), options)
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Whether an entry's parameter was left as it was (an empty list or None counts as its default)."""
+    if dataclasses.is_dataclass(value) and dataclasses.is_dataclass(default):
+        return all(_same(getattr(value, f.name), getattr(default, f.name)) for f in dataclasses.fields(value))
+    empty = (None, [], ())
+    return value == default or (value in empty and default in empty)
 
 
 def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, Any]:
@@ -203,10 +219,12 @@ def resume(spec: TaskSpec, path: str, overrides: FinetuneConfig) -> dict[str, An
             raise DataError(f"{file} changed since the run started; restore the original to resume exactly")
     torch.manual_seed(train.seed)
     args = spec.args.from_dict(info["args"])
-    return execute(build_run(spec, args, train, info), train, folder, args, resume=True)
+    return execute(build_run(spec, args, train, info), train, folder, args, resume=True,
+                   ready=lambda: record_run(folder, info))
 
 
-def execute(run: Run, train: FinetuneConfig, out: Path, args: TaskArgs, resume: bool) -> dict[str, Any]:
+def execute(run: Run, train: FinetuneConfig, out: Path, args: TaskArgs, resume: bool,
+            ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train, then write the adapter, plots and report of the best checkpoint."""
     parts = run.parts
 
@@ -216,6 +234,8 @@ def execute(run: Run, train: FinetuneConfig, out: Path, args: TaskArgs, resume: 
 
     trainer = Trainer(run.model, parts.objective, train, out, run.tokenizer, resume=resume,
                       on_eval=on_eval if parts.evaluate else None, higher_is_better=parts.higher_is_better)
+    if ready is not None:  # everything is checked: a resume records its changed options now
+        ready()
     name = run.spec.name
     if trainer.dist.main:
         m = run.method

@@ -8,7 +8,7 @@ A run folder holds `run.json` (everything needed to resume), `last/` and `best/`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ..config import ModelConfig, parse_overrides
 from ..errors import ConfigError, LmforgeError
@@ -59,6 +59,11 @@ def pretrain(
 
     train = train or TrainConfig()
     if resume:
+        given = {"--data": data, "--out": out, "--init": init, "--set": set_, "--overwrite": overwrite,
+                 "--objective": objective != "auto", "--model": model != "gpt-mini"}
+        if any(given.values()):
+            raise ConfigError(f"{', '.join(k for k, v in given.items() if v)} cannot be given with --resume: the run "
+                              "continues with its own model and data (start a new run to change them)")
         return _resume(Path(resume), train)
     if not data or not out:
         raise LmforgeError("pretrain needs --data and --out (or --resume RUN); e.g. lmforge pretrain --model gpt-mini "
@@ -120,7 +125,7 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
 
     from ..data.batches import PreparedData
     from ..model import Transformer
-    from .runs import read_run
+    from .runs import read_run, record_run
 
     info, train = read_run(run, overrides)
     if not Path(info["data"]).exists():
@@ -133,7 +138,7 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(train.seed)
     net = Transformer(config)
     obj = _objective(info["objective"], prepared, tokenizer, train.context or config.context_length, train)
-    return _run(net, obj, train, run, tokenizer, resume=True)
+    return _run(net, obj, train, run, tokenizer, resume=True, ready=lambda: record_run(run, info))
 
 
 def _objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:
@@ -144,10 +149,12 @@ def _objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int
 
 
 def _run(net: Transformer, objective: Objective, train: TrainConfig, out: Path, tokenizer: Tokenizer,
-         resume: bool) -> dict[str, Any]:
+         resume: bool, ready: Callable[[], None] | None = None) -> dict[str, Any]:
     from .trainer import Trainer
 
     trainer = Trainer(net, objective, train, out, tokenizer, resume=resume)
+    if ready is not None:  # everything is checked: a resume records its changed options now
+        ready()
     if trainer.dist.main:
         params = net.num_parameters()
         what = "resuming" if resume else "training"

@@ -62,11 +62,14 @@ def write_run(out: Path, command: str, objective: str, data: str | None, model_c
         "created": datetime.datetime.now().isoformat(timespec="seconds")})
 
 
+RESUME_OPTIONS = ("max_steps", "max_time", "progress", "device", "threads")  # what a resuming command may change
+
+
 def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig,
              command: str = "pretrain") -> tuple[dict[str, Any], TrainConfig]:
     """A run folder's run.json and training options, with the resuming command's --max-steps, --max-time,
-    --progress and (when given) --device applied and recorded in run.json. A run of another command is a one-line
-    error naming the command that resumes it."""
+    --progress, --device and --threads applied (`record_run` writes them once the resume is checked). A run of
+    another command, or another training option given with --resume, is a one-line error."""
     run_file = run / RUN_FILE
     if not run_file.exists():
         raise LmforgeError(f"{run} is not a run folder (no run.json); give the --out folder of an earlier run")
@@ -80,15 +83,25 @@ def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = 
         train = config_cls.from_dict(info["train"])
     except ConfigError as e:
         raise FileError(f"{run_file}: {e}") from None
-    changes = {k: getattr(overrides, k) for k in ("max_steps", "max_time") if getattr(overrides, k) is not None}
+    defaults, given, current = config_cls().to_dict(), overrides.to_dict(), train.to_dict()
+    changed = [k for k in given if k not in RESUME_OPTIONS and given[k] != defaults[k] and given[k] != current[k]]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+        raise ConfigError(f"{flags}: a resumed run keeps the options it started with ({', '.join(f'{k}={current[k]}' for k in changed)}); "
+                          "with --resume only --max-steps, --max-time, --device, --threads and --progress change")
+    changes = {k: given[k] for k in ("max_steps", "max_time", "threads") if given[k] is not None}
     changes["progress"] = overrides.progress
     if overrides.device != "auto":
         changes["device"] = overrides.device
-    train = config_cls.from_dict({**train.to_dict(), **changes})
+    train = config_cls.from_dict({**current, **changes})
     info["train"] = train.to_dict()
-    if setup_distributed().main:
-        lio.write_json(run_file, info)
     return info, train
+
+
+def record_run(run: Path, info: dict[str, Any]) -> None:
+    """Write back run.json with the options a resume changed; called once the resume has been checked."""
+    if setup_distributed().main:
+        lio.write_json(run / RUN_FILE, info)
 
 
 @contextlib.contextmanager
@@ -120,4 +133,4 @@ def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, c
     return config
 
 
-__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "new_run", "write_run", "read_run", "build_config"]
+__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "new_run", "write_run", "read_run", "record_run", "build_config"]

@@ -292,7 +292,7 @@ def test_killed_export_leaves_nothing_half_written(tmp_path):
         code = ("import lmforge.convert as c; c.to_hf(%r, %r, tokenizer=False, overwrite=True, "
                 "max_shard_size='4MB')" % (str(src), str(dst)))
         proc = subprocess.Popen([sys.executable, "-c", code])
-        tmp = dst.with_name(dst.name + ".tmp")
+        tmp = lmforge.io.scratch_paths(dst)[0]
         deadline = time.time() + 120
         while not list(tmp.glob("model-*.safetensors")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.005)
@@ -306,5 +306,5 @@ def test_killed_export_leaves_nothing_half_written(tmp_path):
         else:
             assert not dst.exists()
     out = to_hf(src, dst, tokenizer=False, overwrite=True)  # and the next export succeeds
-    assert not out.with_name(out.name + ".tmp").exists()
+    assert not lmforge.io.scratch_paths(out)[0].exists()
     assert T.GPT2LMHeadModel.from_pretrained(out).config.n_layer == 2

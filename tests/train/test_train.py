@@ -166,9 +166,10 @@ def test_atomic_dir_never_leaves_a_torn_checkpoint(tmp_path):
         with lio.atomic_dir(target) as tmp:
             (tmp / "a.txt").write_text("half")
             raise RuntimeError("crash while writing")
-    assert (target / "a.txt").read_text() == "v1" and not (tmp_path / "last.tmp").exists()
-    # a crash between the two renames leaves only last.old: readers recover it
-    os.replace(target, tmp_path / "last.old")
+    scratch, previous = lio.scratch_paths(target)
+    assert (target / "a.txt").read_text() == "v1" and not scratch.exists()
+    # a crash between the two renames leaves only the previous copy: readers recover it
+    os.replace(target, previous)
     assert lio.recover_dir(target) == target and (target / "a.txt").read_text() == "v1"
 
 
