@@ -100,7 +100,7 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
 def is_lmforge_checkpoint(folder: Path) -> bool:
     try:
         data = lio.read_json(folder / CONFIG)
-    except (OSError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # (an unreadable file is said as such, not guessed)
         return False
     return isinstance(data, dict) and "lmforge_config" in data
 
@@ -114,6 +114,8 @@ class _SafetensorsFiles:
         self.handles = {}
         self.where: dict[str, Any] = {}
         for file in files:
+            with open(file, "rb"):  # the operating system's own error (permission, a folder) rather than a guess
+                pass
             try:
                 handle = safe_open(str(file), framework="pt")
             except Exception as e:
@@ -162,8 +164,15 @@ def save_adapter(model: torch.nn.Module, folder: str | os.PathLike, base: str | 
     with lio.atomic_dir(folder) as tmp:
         save_safetensors(adapter_state(model), tmp / ADAPTER_WEIGHTS)
         lio.write_json(tmp / ADAPTER_CONFIG, {"lmforge_adapter": "lora", **config.lora, "base_model": base,
-                                              "task_head": head})
+                                              "base_shape": _shape(config), "task_head": head})
     return Path(folder)
+
+
+SHAPE_FIELDS = ("arch", "vocab_size", "d_model", "n_layer", "n_head", "n_kv_head")
+
+
+def _shape(config: ModelConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in SHAPE_FIELDS}
 
 
 def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -182,12 +191,29 @@ def load_adapter(model: torch.nn.Module, folder: str | os.PathLike) -> torch.nn.
     from safetensors.torch import load_file
 
     info = read_adapter_config(folder)
+    if model.config.lora:
+        raise ConfigError(f"the model already carries a LoRA adapter; merge it first (lmforge lora merge) before "
+                          f"putting {folder} on it")
+    shape, ours = info.get("base_shape"), _shape(model.config)
+    if isinstance(shape, dict) and any(shape.get(k) != ours[k] for k in shape):
+        differs = ", ".join(f"{k}={shape.get(k)} (the model's {ours[k]})" for k in SHAPE_FIELDS if shape.get(k) != ours[k])
+        raise CheckpointError(f"{folder} belongs to another base model ({differs}); put it on the model it was "
+                              f"trained on{': ' + str(info['base_model']) if info.get('base_model') else ''}")
     head = info.get("task_head") or {}
-    if head.get("head", "lm") != "lm" and model.config.head != head["head"]:
-        model = with_head(model, head["head"], head["labels"] or [str(i) for i in range(head["num_labels"])],
-                          pooling=head.get("pooling", "cls"), pooler=head.get("pooler"))
-    apply_lora(model, info["rank"], info["alpha"], info["targets"], info.get("dropout", 0.0))
-    tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    try:
+        if head.get("head", "lm") != "lm" and model.config.head != head["head"]:
+            model = with_head(model, head["head"], head["labels"] or [str(i) for i in range(head["num_labels"])],
+                              pooling=head.get("pooling", "cls"), pooler=head.get("pooler"))
+        apply_lora(model, info["rank"], info["alpha"], info["targets"], info.get("dropout", 0.0))
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / ADAPTER_CONFIG} is damaged ({type(e).__name__}: {e})") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{folder} does not fit this model ({e}); was it trained on another base model?") from None
+    try:
+        tensors = load_file(str(Path(folder) / ADAPTER_WEIGHTS))
+    except Exception as e:  # missing or truncated
+        raise CheckpointError(f"{Path(folder) / ADAPTER_WEIGHTS} cannot be read ({str(e).splitlines()[0][:120]}); "
+                              "restore the adapter folder") from None
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

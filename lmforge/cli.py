@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import importlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -128,14 +129,23 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: 
     parser.add_argument(option or _option_name(name), dest=name, **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose mistakes (an unknown option, a missing value) are one line like every other error."""
+
+    def error(self, message: str):
+        from .errors import LmforgeError
+
+        raise LmforgeError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
 def _field_help(field: dataclasses.Field) -> str:
     return field.metadata.get("help", "")
 
 
 def build_parser(command: str, func: Callable) -> tuple[argparse.ArgumentParser, dict[str, type]]:
     description, helps = _doc_parts(func)
-    parser = argparse.ArgumentParser(prog=f"lmforge {command}", description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=f"lmforge {command}", description=description,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(func)
     dataclass_params: dict[str, type] = {}
     for name, param in inspect.signature(func).parameters.items():
@@ -205,6 +215,12 @@ def run(argv: list[str]) -> Any:
             grouped[group][field] = value
         else:
             kwargs[key] = value
+    for name, value in [*kwargs.items(), *((k, v) for g in grouped.values() for k, v in g.items())]:
+        if isinstance(value, float) and not math.isfinite(value):
+            from .errors import ConfigError
+
+            raise ConfigError(f"{_option_name(name.split('__')[-1])}={value} is not a number lmforge can use; give a "
+                              "finite value")
     for name, cls in dataclass_params.items():
         kwargs[name] = cls(**grouped[name])
     return func(**kwargs)

@@ -216,7 +216,7 @@ class ModelConfig:
 
 
 def _type_name(tp: Any) -> str:
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "an object {...}",
+    names = {int: "a whole number", float: "a finite number", bool: "true or false", str: "text", dict: "an object {...}",
              list: "a list [...]"}
     return names.get(get_origin(tp) or tp, str(tp))
 
@@ -238,7 +238,8 @@ def _fits(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is Any:
         return True, value
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool), value
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, value
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if origin is list or tp is list:
@@ -266,14 +267,19 @@ def check_field_types(obj: Any, prefix: str = "") -> None:
         object.__setattr__(obj, f.name, kept)
 
 
+def check_minimum(low: float, **values: Any) -> None:
+    """Options (given by name) that must be at least `low` when given: a one-line error naming the first that is not."""
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.rstrip('_').replace('_', '-')}={value} is out of range; it must be >= {low}")
+
+
 def check_options(obj: Any, minimum: dict[str, int] | None = None) -> None:
     """Command options held in a dataclass: every field of its type, and each field of `minimum` (when not None) at
     least that value; errors name the option as the command line does (--batch-size)."""
     check_field_types(obj, prefix="--")
     for name, low in (minimum or {}).items():
-        value = getattr(obj, name)
-        if value is not None and value < low:
-            raise ConfigError(f"--{name.replace('_', '-')}={value} is out of range; it must be >= {low}")
+        check_minimum(low, **{name: getattr(obj, name)})
 
 
 def derived_sizes(values: dict[str, Any]) -> dict[str, int | None]:
@@ -357,4 +363,4 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "derived_sizes", "check_field_types", "check_options"]
+__all__ = ["ModelConfig", "PRESETS", "parse_overrides", "derived_sizes", "check_field_types", "check_options", "check_minimum"]

@@ -148,6 +148,11 @@ class CorpusReader:
         self.text_field, self.doc_split = text_field, doc_split
         self.clean, self.normalize = clean, (normalize.upper() if normalize else None)
         self.dedup, self.encoding, self.skip_bad_files = dedup, encoding, skip_bad_files
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"--encoding {encoding!r} is not a text encoding Python knows; use e.g. utf-8, latin-1, "
+                            "cp1252, utf-16") from None
         self.chunk_chars = chunk_chars
         self.skipped_files: list[str] = []
         self.duplicates = 0

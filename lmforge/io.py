@@ -93,11 +93,19 @@ def check_output(path: str | os.PathLike, *, what: str, overwrite: bool, ours: C
     anything else that is not empty is refused even with `flag`, since lmforge replaces only what it made (for a
     file output, `ours` None: any earlier file counts as one)."""
     path = Path(path)
+    if path.is_symlink():
+        raise ConfigError(f"{option} {path} is a symbolic link; lmforge writes only to plain paths: give the real one")
     for source in inputs:
-        if source is not None and Path(source).exists() and path.exists() and path.resolve() == Path(source).resolve():
-            raise ConfigError(f"{option} {path} is also an input; write the output to another path")
-    if not path.exists() and not path.is_symlink():
+        if source is None or not Path(source).exists() or not path.exists():
+            continue
+        src, dst = Path(source).resolve(), path.resolve()
+        if src == dst or dst in src.parents:
+            raise ConfigError(f"{option} {path} is {'also' if src == dst else 'a folder holding'} an input ({source}); "
+                              "write the output to another path")
+    if not path.exists():
         return path
+    if not path.is_dir() and not path.is_file():
+        raise ConfigError(f"{option} {path} is not a regular file or folder (a pipe, a device?); give a file path")
     if folder and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, and {what} is a folder; choose a folder path")
     if not folder and path.is_dir():

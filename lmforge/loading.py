@@ -11,8 +11,9 @@ import os
 
 import torch
 
-from .checkpoint import CONFIG, is_lmforge_checkpoint, load_native, resolve_checkpoint
-from .convert import from_hf, is_hf_folder
+from . import io as lio
+from .checkpoint import CONFIG, load_native, resolve_checkpoint
+from .convert import from_hf
 from .convert.hub import hub_repo
 from .errors import CheckpointError, LmforgeError
 from .model import Transformer
@@ -33,9 +34,10 @@ def load(
     if hub_repo(path) is not None:
         return from_hf(str(path), device=device, dtype=dtype)
     folder = resolve_checkpoint(path)
-    if is_lmforge_checkpoint(folder):
+    config = lio.read_json(folder / CONFIG)  # a damaged or unreadable config.json is named as such
+    if isinstance(config, dict) and "lmforge_config" in config:
         return load_native(folder, device=device, dtype=dtype)
-    if is_hf_folder(folder):  # config.json with model_type: a Hugging Face model folder
+    if isinstance(config, dict) and "model_type" in config:  # a Hugging Face model folder
         return from_hf(folder, device=device, dtype=dtype)
     raise CheckpointError(f"{folder / CONFIG} is neither an lmforge config (no 'lmforge_config' key) nor a "
                           "Hugging Face one (no 'model_type')")

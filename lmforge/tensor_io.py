@@ -33,20 +33,22 @@ ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
 def parse_size(size: int | str) -> int:
-    """'2GB', '500MB', '10GiB' or a number of bytes."""
-    if isinstance(size, int):
-        return size
+    """'2GB', '500MB', '10GiB' or a number of bytes (> 0)."""
     text = str(size).strip().upper().replace(" ", "")
     units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    value = None
     for unit, mult in units.items():
         if text.endswith(unit):
             try:
-                return int(float(text[: -len(unit)]) * mult)
+                value = int(float(text[: -len(unit)]) * mult)
             except ValueError:
-                break
-    if text.isdigit():
-        return int(text)
-    raise ConfigError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes")
+                pass
+            break
+    if value is None and text.isdigit():
+        value = int(text)
+    if value is None or value <= 0:
+        raise ConfigError(f"max_shard_size={size!r} is not a size; use e.g. 2GB, 500MB or a number of bytes (> 0)")
+    return value
 
 
 @dataclass

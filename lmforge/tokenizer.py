@@ -169,6 +169,8 @@ class Tokenizer:
         """Load from a folder holding tokenizer.json (and tokenizer_config.json), a tokenizer.json file, or a
         training run folder (its best/ or last/ checkpoint)."""
         path = Path(path)
+        if path.is_file() and path.name == "vocab.txt" and not (path.parent / "tokenizer.json").exists():
+            path = path.parent  # a BERT vocabulary: the folder's WordPiece tokenizer
         if path.is_dir() and not (path / "tokenizer.json").exists():
             path = next((path / sub for sub in ("best", "last") if (path / sub / "tokenizer.json").exists()), path)
         file = path / "tokenizer.json" if path.is_dir() else path

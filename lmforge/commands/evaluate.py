@@ -26,10 +26,12 @@ def perplexity_cli(
         max_batches: stop after this many batches (default: the whole split)
         device: cpu, cuda or auto
     """
+    from ..config import check_minimum
     from ..device import resolve_device
     from ..evaluate import perplexity
     from ..loading import load
 
+    check_minimum(1, context=context, batch_size=batch_size, max_batches=max_batches)
     model = load(checkpoint, device=resolve_device(device))
     result = perplexity(model, data, split, context, batch_size, max_batches, source=checkpoint)
     print(f"{checkpoint} on {data} [{split}]: loss {result['loss']:.4f}  perplexity {result['ppl']:.3f}  "

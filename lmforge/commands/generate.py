@@ -73,8 +73,10 @@ def sample_cli(
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
     """
+    from ..config import check_minimum
     from ..generate.api import generate
 
+    check_minimum(1, num_samples=num_samples, max_new_tokens=max_new_tokens)
     model = _load(checkpoint, device, dtype)
     max_new_tokens = _default_new(max_new_tokens, 200, model)
     outputs = []

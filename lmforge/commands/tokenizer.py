@@ -21,6 +21,7 @@ def train(
     clean: bool = False,
     skip_bad_files: bool = False,
     glob: str | None = None,
+    encoding: str = "utf-8",
     overwrite: bool = False,
 ) -> Tokenizer:
     """Train a tokenizer on text or JSONL files (or folders) and save tokenizer.json + tokenizer_config.json.
@@ -38,14 +39,18 @@ def train(
         clean: normalise Unicode (NFC) and drop control characters before training
         skip_bad_files: skip binary or undecodable files instead of stopping
         glob: pattern of files to take from folders
+        encoding: text encoding of the files (utf-8, latin-1, ...)
         overwrite: replace a tokenizer already in --out
     """
+    from ..config import check_minimum
+
+    check_minimum(0, min_frequency=min_frequency)
     if vocab_size is None and kind != "char":
         vocab_size = 8000
     tok = train_tokenizer_files(inputs, out, kind=kind, vocab_size=vocab_size, arch=arch,
                                 min_frequency=min_frequency, byte_fallback=byte_fallback, text_field=text_field,
                                 doc_split=doc_split, clean=clean, skip_bad_files=skip_bad_files, glob=glob,
-                                overwrite=overwrite)
+                                encoding=encoding, overwrite=overwrite)
     sample = "Hello, world! 你好 🙂"
     ids = tok.encode(sample)
     print(f"trained {kind} tokenizer ({arch}): vocab {tok.vocab_size:,}, specials "

@@ -61,6 +61,8 @@ def hf_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
     repo = hub_repo(path)
     if repo is not None:
         return download(repo, revision)
+    if revision is not None:
+        raise ConfigError(f"--revision {revision!r} is for a hub id (hf:org/name); {path} is a local folder")
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
@@ -72,7 +74,7 @@ def hf_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
 def is_hf_folder(folder: Path) -> bool:
     try:
         data = lio.read_json(folder / CONFIG)
-    except (OSError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # (an unreadable file is said as such, not guessed)
         return False
     return isinstance(data, dict) and "model_type" in data and "lmforge_config" not in data
 
@@ -80,11 +82,14 @@ def is_hf_folder(folder: Path) -> bool:
 def read_hf_config(folder: Path) -> HFConfig:
     file = folder / CONFIG
     if not file.exists():
+        if (folder / "run.json").exists() or is_lmforge_checkpoint(folder / "best") or is_lmforge_checkpoint(folder / "last"):
+            raise CheckpointError(f"{folder} is an lmforge run, not a Hugging Face folder: load it as it is "
+                                  "(lmforge.load), or export it with `lmforge convert to-hf`")
         raise CheckpointError(f"{folder} has no config.json; a Hugging Face model folder needs one")
-    try:
-        data = lio.read_json(file)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {file}: {e}") from None
+    data = lio.read_json(file)
+    if isinstance(data, dict) and "lmforge_config" in data:
+        raise CheckpointError(f"{folder} is an lmforge checkpoint, not a Hugging Face folder: load it as it is "
+                              "(lmforge.load), or export it with `lmforge convert to-hf`")
     if not isinstance(data, dict) or "model_type" not in data:
         raise CheckpointError(f"{file} has no 'model_type'; lmforge converts Hugging Face configs with model_type "
                               f"in ({' | '.join(sorted(REGISTRY))})")

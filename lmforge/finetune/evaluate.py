@@ -13,13 +13,15 @@ from typing import Any, Literal
 
 from .. import io as lio
 from .. import metrics
+from ..config import check_minimum
 from ..errors import ConfigError, LmforgeError
 from .data import Example, check_known_labels, check_known_tags, discover_labels, read_examples, read_text_lines
 from .args import DecodeOptions, InferOptions, run_info, training_option
 
 
 def is_report_folder(folder: Path) -> bool:
-    return (Path(folder) / "report.json").exists()
+    """A folder of `lmforge eval` reports (a fine-tuning run holds a report.json too, and is not one)."""
+    return (Path(folder) / "report.json").exists() and not (Path(folder) / "run.json").exists()
 
 
 def _check_out(out: str | None, overwrite: bool, *inputs: Any) -> None:
@@ -142,7 +144,8 @@ def _outputs(checkpoint: str | None, src: str | None, hyp: str | None, ref: str,
 
 
 def eval_bleu(checkpoint: str | None = None, *, ref: str, src: str | None = None, hyp: str | None = None,
-              tokenize: str = "13a", decode: DecodeOptions | None = None) -> dict[str, Any]:
+              tokenize: Literal["13a", "intl", "zh", "char", "none", "ja-mecab", "ko-mecab", "flores101",
+                                "flores200"] = "13a", decode: DecodeOptions | None = None) -> dict[str, Any]:
     """Corpus BLEU (sacrebleu) of a seq2seq model decoding --src, or of a file of outputs (--hyp), against --ref.
 
     Args:
@@ -240,6 +243,8 @@ def eval_zero_shot(
     from ..generate.prompting import few_shot_prompt, score_continuations
 
     _check_out(out, overwrite, checkpoint, data)
+    check_minimum(1, limit=limit)
+    check_minimum(0, shots=shots, seed=seed)
     every = read_examples(data, [text_column], label_column)
     examples = every[:limit] if limit else every
     values = discover_labels([ex.label for ex in examples])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from ..config import check_field_types, check_options
@@ -62,6 +63,10 @@ class FinetuneConfig(TrainConfig):
             raise ConfigError(f"--max-length={self.max_length} must be >= 4")
 
 
+PATH_FIELDS = ("model", "tokenizer", "train", "dev", "test", "word_vectors", "train_src", "train_tgt", "dev_src",
+               "dev_tgt")
+
+
 def option(default: Any, help: str, **metadata: Any) -> Any:
     """A field of a task's arguments with its --help text (the entry function's docstring is made from these)."""
     if isinstance(default, list):
@@ -103,6 +108,10 @@ class TaskArgs:
         params["method"] = dataclasses.asdict(params.get("method") or MethodConfig())
         values = {**params, **dataclasses.asdict(source)}
         values["set_"] = list(values.get("set_") or [])
+        for name in PATH_FIELDS:  # run.json keeps absolute paths, so --resume works from any folder
+            value = values.get(name)
+            if isinstance(value, str) and value and Path(value).exists():
+                values[name] = str(Path(value).resolve())
         return cls.from_dict(values)
 
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import io as lio
+from ..config import check_minimum
 from ..errors import ConfigError, DataError, LmforgeError
 from .data import Sentence, file_kind, read_chats, read_conll, read_examples, read_text_lines
 from .args import InferOptions, run_info, training_option
@@ -74,6 +75,7 @@ def predict(
     from .runs import load_for_inference
     from .tasks import task_of
 
+    check_minimum(1, num_beams=num_beams, max_new_tokens=max_new_tokens)
     out_path = lio.check_output(out, what="predictions", overwrite=overwrite, folder=False, inputs=[input, checkpoint])
     info = run_info(checkpoint)
     infer = infer or InferOptions()

@@ -192,7 +192,7 @@ def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, An
     out = Path(args.out)
     dist = setup_distributed()
     if dist.main:
-        check_out_folder(out, args.overwrite)
+        check_out_folder(out, args.overwrite, spec.command)
     dist.barrier()
     torch.manual_seed(train.seed)
     run = build_run(spec, args, train, None)

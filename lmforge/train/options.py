@@ -55,6 +55,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')}={value} must be >= 1")
+        if self.seed < 0 or (self.max_time is not None and self.max_time <= 0):
+            raise ConfigError(f"--seed must be >= 0 and --max-time > 0 (got seed={self.seed}, max_time={self.max_time})")
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(f"--epochs={self.epochs} must be > 0")
         if self.lr <= 0 or (self.min_lr is not None and not 0 <= self.min_lr <= self.lr):
@@ -62,6 +64,9 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "eval_batches", "save_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 0")
+        if self.patience is not None and self.eval_every == 0:
+            raise ConfigError("--patience counts evaluations, and --eval-every 0 evaluates only at the end; give "
+                              "--eval-every N to stop early")
         if self.log_every < 1:
             raise ConfigError("--log-every must be >= 1")
         for name in ("beta1", "beta2", "label_smoothing", "mlm_probability"):

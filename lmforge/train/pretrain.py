@@ -115,7 +115,7 @@ def pretrain(
         if dist.main:
             write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
                       model=model if not init else None, init=str(Path(init).resolve()) if init else None,
-                      tokenizer_sha256=tokenizer.sha256)
+                      tokenizer_sha256=tokenizer.sha256, data_sha256=_data_digest(data))
         dist.barrier()
         return _run(net, obj, train, out_path, tokenizer, resume=False)
 
@@ -132,13 +132,30 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
         raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
     prepared = PreparedData(info["data"])
     tokenizer = prepared.tokenizer()
-    if tokenizer.sha256 != info["tokenizer_sha256"]:
+    if tokenizer.sha256 != info.get("tokenizer_sha256"):
         raise LmforgeError(f"{info['data']} now holds data of another tokenizer than the run used; restore the data")
+    if info.get("data_sha256") not in (None, _data_digest(info["data"])):
+        raise LmforgeError(f"{info['data']} changed since the run started (its manifest or token files differ); restore "
+                           "the data to resume exactly, or start a new run")
     config = ModelConfig.from_dict(info["model_config"])
     torch.manual_seed(train.seed)
     net = Transformer(config)
     obj = _objective(info["objective"], prepared, tokenizer, train.context or config.context_length, train)
     return _run(net, obj, train, run, tokenizer, resume=True, ready=lambda: record_run(run, info))
+
+
+def _data_digest(folder: str) -> str:
+    """A fingerprint of prepared data: its manifest and the sizes of its files (hashing the tokens would cost a full
+    read of a large corpus; a changed corpus changes its manifest's counts or the files' sizes)."""
+    import hashlib
+
+    from .. import io as lio
+
+    root = Path(folder)
+    digest = hashlib.sha256(lio.sha256_file(root / "manifest.json").encode())
+    for file in sorted(root.glob("*.bin")):
+        digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return digest.hexdigest()
 
 
 def _objective(name: str, data: PreparedData, tokenizer: Tokenizer, context: int, train: TrainConfig) -> Objective:

@@ -25,20 +25,26 @@ RUN_FILE = "run.json"
 RUN_FILES = (RUN_FILE, "last", "best", "metrics.jsonl", "metrics.csv", "tensorboard", "loss.png", "summary.json")
 
 
-def is_run(folder: Path) -> bool:
-    return (Path(folder) / RUN_FILE).exists()
+def run_command(folder: Path) -> str | None:
+    """The command that made the run in `folder` (pretrain, finetune classify, ...), None when it holds no run."""
+    file = Path(folder) / RUN_FILE
+    if not file.exists():
+        return None
+    info = lio.read_json(file)
+    return info.get("command", "pretrain") if isinstance(info, dict) else None
 
 
-def check_out_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a --out where a new run would lose something (an earlier run without --overwrite, anything that is
-    not a run even with it); nothing is deleted here, see `clear_run`."""
+def check_out_folder(out: Path, overwrite: bool, command: str = "pretrain") -> None:
+    """Refuse a --out where a new run would lose something: an earlier run without --overwrite, and, even with it,
+    anything that is not a run of the same command; nothing is deleted here, see `clear_run`."""
     run_file = out / RUN_FILE
     if run_file.exists() and not overwrite:
         run = lio.read_json(run_file)
         raise LmforgeError(f"{out} already holds a run ({run.get('objective')} on {run.get('data')}); continue it with "
                            f"`lmforge {run.get('command', 'pretrain')} --resume {out}`, choose another --out, or pass "
                            "--overwrite to replace it")
-    lio.check_output(out, what="an lmforge run", overwrite=overwrite, ours=is_run)
+    lio.check_output(out, what=f"an `lmforge {command}` run", overwrite=overwrite,
+                     ours=lambda folder: run_command(folder) == command)
 
 
 def clear_run(out: Path, extra: tuple[str, ...] = ()) -> None:
@@ -133,4 +139,4 @@ def build_config(preset: str, overrides: dict[str, Any], tokenizer: Tokenizer, c
     return config
 
 
-__all__ = ["RUN_FILE", "RUN_FILES", "is_run", "check_out_folder", "clear_run", "new_run", "write_run", "read_run", "record_run", "build_config"]
+__all__ = ["RUN_FILE", "RUN_FILES", "run_command", "check_out_folder", "clear_run", "new_run", "write_run", "read_run", "record_run", "build_config"]
