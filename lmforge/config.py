@@ -24,7 +24,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 NormPosition = Literal["pre", "post"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu", "swiglu", "geglu"]
 Position = Literal["learned", "sinusoidal", "rope", "none"]
-Head = Literal["lm", "classify", "tag"]
+Head = Literal["lm", "classify", "tag", "span", "relations"]
 Pooling = Literal["cls", "mean", "last"]
 
 
@@ -74,6 +74,7 @@ class ModelConfig:
     num_labels: int = 0
     labels: list[str] | None = None
     pooling: Pooling = "cls"
+    relation_labels: list[str] | None = None  # head=relations: the relation types scored over entity pairs
     # LoRA adapters on named linear layers: {"rank", "alpha", "dropout", "targets"} (see lmforge.adapters.lora)
     lora: dict | None = None
     # token ids the model itself needs (from the tokenizer)
@@ -124,6 +125,12 @@ class ModelConfig:
         if self.head != "lm" and self.num_labels < (2 if self.head == "classify" else 1):
             raise ConfigError(f"head={self.head} needs num_labels >= {2 if self.head == 'classify' else 1} "
                               f"(got {self.num_labels})")
+        if self.head == "span" and self.num_labels != 2:
+            raise ConfigError(f"head=span predicts a start and an end logit per token: num_labels must be 2 (got "
+                              f"{self.num_labels})")
+        if (self.head == "relations") != bool(self.relation_labels):
+            raise ConfigError("relation_labels (the relation types) go with head=relations, and head=relations "
+                              "needs them")
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise ConfigError(f"labels has {len(self.labels)} names but num_labels={self.num_labels}")
         if self.lora is not None and not (isinstance(self.lora, dict) and isinstance(self.lora.get("rank"), int)

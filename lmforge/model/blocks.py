@@ -227,8 +227,27 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dro
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout)
 
 
+def attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out (softmax(q k^T / sqrt(D) + mask) v) in float32, returning the weights (B, H, T, S)
+    too: SDPA's fused kernels never materialise them. The same masks as `_sdpa` (no dropout: for inspection)."""
+    T, S = q.shape[-2], k.shape[-2]
+    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    allowed = mask.mask
+    if mask.causal:
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return (weights @ v.float()).to(v.dtype), weights
+
+
 class Attention(nn.Module):
-    """Multi-head, grouped-query or multi-query attention through `scaled_dot_product_attention`."""
+    """Multi-head, grouped-query or multi-query attention through `scaled_dot_product_attention`. With
+    `record` set to a list (see `lmforge.model.record_attention`), each call computes attention written out and
+    appends its weights (B, H, T, S) there instead; the normal path only checks that the attribute is None."""
+
+    record: list | None = None
 
     def __init__(self, config: ModelConfig, cross: bool = False) -> None:
         super().__init__()
@@ -275,7 +294,11 @@ class Attention(nn.Module):
             repeat = self.n_head // self.n_kv_head
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)
-        y = _sdpa(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, D)
+        if self.record is None:
+            y = _sdpa(q, k, v, mask, self.dropout if self.training else 0.0)  # (B, H, T, D)
+        else:
+            y, weights = attention_with_weights(q, k, v, mask)
+            self.record.append(weights)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
 

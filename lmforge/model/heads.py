@@ -1,4 +1,5 @@
-"""Task-head swaps: a copy of a model with a classification or tagging head, and the architecture check of a task.
+"""Task-head swaps: a copy of a model with a classification, tagging, span or relation head, and the architecture
+check of a task.
 
 A head swap builds the same configuration with `head=classify|tag`, `num_labels` and the label names, copies
 every backbone tensor of the source model (embeddings, blocks, norms, BERT's pooler) and initialises the new
@@ -15,7 +16,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError
 from .transformer import Transformer
 
-HEAD_PREFIXES = ("classifier.", "lm_head.", "nsp.", "mlm_")  # parameters of a head, never copied by a swap
+HEAD_PREFIXES = ("classifier.", "lm_head.", "nsp.", "mlm_", "relation_classifier.")  # parameters of a head, never copied by a swap
 
 
 def check_arch(config: ModelConfig, allowed: Sequence[str], task: str, source: str) -> None:
@@ -27,9 +28,9 @@ def check_arch(config: ModelConfig, allowed: Sequence[str], task: str, source: s
                           f"{'an' if config.arch[0] in 'aeiou' else 'a'} {config.arch} model")
 
 
-def with_head(model: Transformer, head: Literal["classify", "tag"], labels: Sequence[str],
+def with_head(model: Transformer, head: Literal["classify", "tag", "span", "relations"], labels: Sequence[str],
               pooling: str | None = None, pooler: bool | None = None, dropout: float | None = None,
-              seed: int = 0) -> Transformer:
+              seed: int = 0, relation_labels: Sequence[str] | None = None) -> Transformer:
     """A copy of `model` with a classification or tagging head for `labels` (the backbone weights copied, the
     head newly initialised with `seed`). With `pooling` cls, BERT's pooler is kept where the source has one
     (BertForSequenceClassification's head); `pooler` forces it on or off. Decoders pool the last token by default."""
@@ -48,7 +49,8 @@ def with_head(model: Transformer, head: Literal["classify", "tag"], labels: Sequ
     if pooler and source.arch != "encoder":
         raise ConfigError("the BERT pooler exists only on encoders; drop --pooler")
     changes: dict[str, Any] = dict(head=head, num_labels=len(labels), labels=labels, pooling=pooling, pooler=pooler,
-                                   nsp_head=False, lora=None)
+                                   nsp_head=False, lora=None,
+                                   relation_labels=[str(x) for x in relation_labels] if relation_labels else None)
     if dropout is not None:
         changes["dropout"] = dropout
     config = source.replace(**changes)
@@ -64,7 +66,7 @@ def with_head(model: Transformer, head: Literal["classify", "tag"], labels: Sequ
     if not pooler:
         keep = {k: v for k, v in keep.items() if not k.startswith("pooler.")}
     new.load_state_dict(keep, strict=False)
-    missing = [k for k in target if k not in keep and not k.startswith(("classifier.", "pooler."))]
+    missing = [k for k in target if k not in keep and not k.startswith(("classifier.", "pooler.", "relation_classifier."))]
     if missing:
         raise ConfigError(f"the head swap left {len(missing)} backbone tensor(s) uninitialised ({', '.join(missing[:3])})")
     new.tokenizer = getattr(model, "tokenizer", None)

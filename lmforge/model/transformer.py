@@ -4,12 +4,15 @@ The whole forward pass is here and in `blocks.py`. An architecture is a choice o
 (decoder), a bidirectional `Stack` (encoder), or both with cross-attention in the decoder. Token embeddings
 are shared by both stacks (and tied to the output layer when `tie_embeddings`). The head on top is chosen by
 `config.head`: the language-model head ("lm": next-token for decoders, masked-token for encoders), a
-sequence classifier ("classify") or a token tagger ("tag").
+sequence classifier ("classify"), a token tagger ("tag"), an answer-span head ("span": start and end logits per
+token) or a tagger with a relation classifier over entity pairs ("relations").
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +154,8 @@ class Transformer(nn.Module):
             self.classifier = nn.Linear(d, config.num_labels)
             if config.head == "classify" and config.pooler:  # BERT's dense+tanh pooler (BertForSequenceClassification)
                 self.pooler = nn.Linear(d, d)
+            if config.head == "relations":  # SpERT-style: [head entity; tail entity; context between] -> types + none
+                self.relation_classifier = nn.Linear(3 * d, len(config.relation_labels) + 1)
 
     @property
     def tied(self) -> bool:
@@ -276,7 +281,7 @@ class Transformer(nn.Module):
             if self.pooler is not None:
                 pooled = torch.tanh(self.pooler(pooled))
             return self.classifier(self.head_dropout(pooled))
-        if self.config.head == "tag":
+        if self.config.head in ("tag", "span", "relations"):  # a logit vector per token (tags; span start/end)
             return self.classifier(self.head_dropout(hidden))
         if last_only:
             hidden = hidden[:, -1:]
@@ -306,6 +311,29 @@ class Transformer(nn.Module):
             return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         last = (attention_mask.long().cumsum(1).argmax(1))  # index of the last real token (right padding)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def pair_logits(self, hidden: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """Relation logits (P, relation types + 1; index 0 = no relation) of entity pairs, for head=relations.
+
+        `pairs` (P, 5) holds (row, head start, head end, tail start, tail end) as token indices, ends exclusive. An
+        entity is the max-pool of its tokens' hidden states, the context the max-pool of the tokens between the two
+        (zeros when they touch), as in SpERT (Eberts and Ulges, 2020)."""
+        if self.config.head != "relations":
+            raise LmforgeError(f"pair_logits needs a model with head=relations; this one has head={self.config.head}")
+        T = hidden.shape[1]
+        pos = torch.arange(T, device=hidden.device)[None]  # (1, T)
+        rows = hidden[pairs[:, 0]]  # (P, T, d)
+        spans = {
+            "head": (pairs[:, 1:2], pairs[:, 2:3]),
+            "tail": (pairs[:, 3:4], pairs[:, 4:5]),
+            "context": (torch.minimum(pairs[:, 2:3], pairs[:, 4:5]), torch.maximum(pairs[:, 1:2], pairs[:, 3:4])),
+        }
+        pooled = []
+        for start, end in spans.values():
+            inside = (pos >= start) & (pos < end)  # (P, T)
+            x = rows.masked_fill(~inside[..., None], float("-inf")).amax(1)  # (P, d)
+            pooled.append(torch.where(inside.any(1, keepdim=True), x, torch.zeros_like(x)))
+        return self.relation_classifier(self.head_dropout(torch.cat(pooled, -1)))
 
     def nsp_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-sentence prediction logits (B, 2) from the first token (BERT's pooler)."""
@@ -344,6 +372,27 @@ class Transformer(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k not in self.tied_keys()}
 
 
+@contextlib.contextmanager
+def record_attention(model: Transformer) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Inside the block, every forward pass of `model` computes attention written out and records its weights:
+    {"encoder": [...], "decoder": [...], "cross": [...]}, one (B, H, T, S) float32 tensor per layer and call, in
+    order (a decoder's self-attention, an encoder-decoder's cross-attention). Outside it the fused path runs."""
+    recorded: dict[str, list[torch.Tensor]] = {"encoder": [], "decoder": [], "cross": []}
+    attentions = []
+    for name, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for block in (stack.layers if stack is not None else ()):
+            attentions.append((block.attn, recorded[name]))
+            if block.cross_attn is not None:
+                attentions.append((block.cross_attn, recorded["cross"]))
+    for attention, sink in attentions:
+        attention.record = sink
+    try:
+        yield recorded
+    finally:
+        for attention, _ in attentions:
+            attention.record = None
+
+
 def build_model(config: ModelConfig | str, device: str | torch.device | None = None,
                 dtype: torch.dtype | None = None) -> Transformer:
     """A model with fresh weights from a config, or from a preset's name ("gpt-nano")."""
@@ -364,4 +413,4 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
                            ignore_index=-100, reduction=reduction, label_smoothing=label_smoothing)
 
 
-__all__ = ["Transformer", "Stack", "build_model", "KVCache", "AttnMask", "cross_entropy"]
+__all__ = ["Transformer", "Stack", "build_model", "KVCache", "AttnMask", "cross_entropy", "record_attention"]
