@@ -15,6 +15,7 @@ tokens, as nanoGPT splits Tiny Shakespeare).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -38,6 +39,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A failed write (a full disk) names the file it was writing."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 @dataclass
 class _SplitWriter:
     """Appends token arrays to `<name>.bin` under a temporary name; renamed into place at the end."""
@@ -53,17 +65,20 @@ class _SplitWriter:
         self._file = open(self.tmp, "wb")
 
     def write(self, ids: np.ndarray) -> None:
-        self._file.write(ids.astype(self.dtype, copy=False).tobytes())
+        with _naming(self.path):
+            self._file.write(ids.astype(self.dtype, copy=False).tobytes())
         self.tokens += len(ids)
 
     def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with _naming(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self._file.close()
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # (closing flushes, which fails again on a full disk)
+                self._file.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -150,7 +165,8 @@ def prepare_corpus(
         prefix, suffix = tokenizer.doc_prefix, tokenizer.doc_suffix
         doc_split_of: dict[int, str] = {}
         start = time.time()
-        bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
+        bar = tqdm(total=reader.total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
+                   delay=0.5)  # (a command that fails at once prints its one error line alone)
         try:
             for batch in _batches(reader, batch_chars):
                 encoded = tokenizer.encode_batch([p.text for p in batch])
@@ -247,7 +263,7 @@ def prepare_pairs(
         offsets = {key: [0] for key in files}
         stats = _Stats(tokenizer.vocab_size)
         n_pairs = {"train": 0, "val": 0}
-        bar = tqdm(unit="pair", desc="tokenizing pairs", disable=not progress)
+        bar = tqdm(unit="pair", desc="tokenizing pairs", disable=not progress, delay=0.5)
         try:
             batch: list[tuple[str, str]] = []
             for pair in _chain_end(pairs):

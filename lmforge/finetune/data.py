@@ -207,9 +207,10 @@ def read_conll(path: str | Path, require_tags: bool = True) -> list[Sentence]:
                             "is 'token<TAB>tag' (a blank line between sentences)")
         if not fields[0] or (width > 1 and not fields[-1]):
             raise DataError(f"{path}:{lineno}: empty token or tag")
-        if " " in fields[0]:
-            raise DataError(f"{path}:{lineno}: the token {fields[0][:40]!r} holds spaces: this looks like a table of "
-                            "texts, and a CoNLL file has one token and its tag per line (a blank line between sentences)")
+        spaced = next((f for f in fields if " " in f), None)
+        if spaced is not None:
+            raise DataError(f"{path}:{lineno}: {spaced[:40]!r} holds spaces: this looks like a table of texts, and a "
+                            "CoNLL file has one token and its tag per line (a blank line between sentences)")
         if not words:
             start = lineno
         words.append(fields[0])

@@ -34,7 +34,8 @@ from .data import sha256_files
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
 from .task import TaskContext, TaskParts, TaskSpec
 
-EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv")
+EXTRA_FILES = ("report.json", "dev_metric.png", "confusion_dev.png", "adapter", "samples.jsonl", "predictions_dev.tsv",
+               "predictions_dev.json", "predictions_dev.jsonl")
 
 
 @dataclass
@@ -129,7 +130,8 @@ def build_run(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig, resumed: di
                 raise ConfigError(f"--model {args.model} has a {base.config.head} head; {spec.lm_head_hint}")
             model = base
         else:
-            model = with_head(base, spec.head, labels, pooling=getattr(args, "pooling", None), seed=train.seed)
+            model = with_head(base, spec.head, labels, pooling=getattr(args, "pooling", None), seed=train.seed,
+                              **spec.head_options(data, args))
             del base
         tokenizer = model.tokenizer
         if getattr(args, "word_vectors", None):
@@ -196,7 +198,6 @@ def start(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig) -> dict[str, An
     dist.barrier()
     torch.manual_seed(train.seed)
     run = build_run(spec, args, train, None)
-    out.mkdir(parents=True, exist_ok=True)
     if dist.main:
         clear_run(out, EXTRA_FILES)  # everything above is checked: only now does an earlier run (--overwrite) go
     with new_run(out, EXTRA_FILES):

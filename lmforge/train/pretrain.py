@@ -108,7 +108,6 @@ def pretrain(
     if prepared.kind == "pairs" and name != "seq2seq":
         raise ConfigError(f"{data} holds source/target pairs; pair data trains seq2seq models ({EXAMPLES['encoder_decoder']})")
     obj = _objective(name, prepared, tokenizer, context, train)
-    out_path.mkdir(parents=True, exist_ok=True)
     if dist.main:
         clear_run(out_path)  # everything above is checked: only now does an earlier run (--overwrite) go
     with new_run(out_path):

@@ -112,13 +112,18 @@ def record_run(run: Path, info: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def new_run(out: Path, extra: tuple[str, ...] = ()) -> Iterator[None]:
-    """Around a new run from the writing of run.json on: if it fails before its first checkpoint, what it wrote is
-    removed, so that retrying the command (fixed) starts afresh instead of finding a run to --resume."""
+    """Around a new run from the making of its folder on: if it fails before its first checkpoint, what it wrote is
+    removed (the folder too, when the run made it), so that retrying the command (fixed) starts afresh instead of
+    finding a run to --resume."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     try:
         yield
     except BaseException:
         if not (out / "last").exists() and setup_distributed().main:
             clear_run(out, extra)
+            if made and not any(out.iterdir()):
+                out.rmdir()
         raise
 
 

@@ -473,7 +473,7 @@ class Trainer:
         logger = MetricsLogger(self.out, resume_step=st.step if resumed else None) if self.dist.main else None
         self.model.train()
         bar = tqdm(total=self.max_steps, initial=st.step, desc="training", unit="step", dynamic_ncols=True,
-                   disable=not (c.progress and self.dist.main), smoothing=0.1)
+                   disable=not (c.progress and self.dist.main), smoothing=0.1, delay=0.5)
         started = time.time() - st.elapsed
         self.last_eval: dict[str, Any] | None = None
         try:
