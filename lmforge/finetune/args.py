@@ -103,6 +103,39 @@ class SftArgs(TaskArgs):
                               f"{self.sample_tokens})")
 
 
+@dataclass
+class QaArgs(TaskArgs):
+    train: str | None = option(None, "training file: SQuAD JSON (data / paragraphs / qas) or JSONL of {question, "
+                                     "context, answers: [{text, answer_start}]}")
+    dev: str | None = option(None, "dev file (default: --dev-titles, else a seeded --dev-fraction of the training "
+                                   "questions)")
+    test: str | None = option(None, "test file scored with the best checkpoint at the end")
+    dev_titles: str | None = option(None, "hold out these articles of --train as dev (titles separated by |): a "
+                                          "split by article, so no dev paragraph is seen in training")
+    stride: int = option(64, "overlap in tokens between the windows of a long context")
+    max_answer_tokens: int = option(30, "longest answer span, in tokens")
+    eval_samples: int = option(300, "dev questions scored at each evaluation (0 = all; the final report uses all)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stride < 0 or self.max_answer_tokens < 1 or self.eval_samples < 0:
+            raise ConfigError("--stride and --eval-samples must be >= 0 and --max-answer-tokens >= 1")
+
+
+@dataclass
+class RelationsArgs(TaskArgs):
+    train: str | None = option(None, "training file: SpERT JSON, a list of {tokens, entities: [{type, start, end}], "
+                                     "relations: [{type, head, tail}]} (CoNLL04, SciERC, ...)")
+    dev: str | None = option(None, "dev file (default: a seeded --dev-fraction of the training sentences)")
+    test: str | None = option(None, "test file scored with the best checkpoint at the end")
+    relation_weight: float = option(1.0, "weight of the relation loss beside the entity-tagging loss")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.relation_weight > 0:
+            raise ConfigError(f"--relation-weight={self.relation_weight} must be > 0")
+
+
 # ---- inference options (predict, eval) --------------------------------------------------------------
 
 @dataclass
@@ -195,9 +228,14 @@ finetune_ner = entry_function(NerArgs, "lmforge.finetune.ner:NER", "finetune_ner
 finetune_seq2seq = entry_function(Seq2SeqArgs, "lmforge.finetune.seq2seq:SEQ2SEQ", "finetune_seq2seq",
                                   "Train or fine-tune a seq2seq model on aligned source/target files (one sentence per "
                                   "line, .gz allowed).")
+finetune_qa = entry_function(QaArgs, "lmforge.finetune.qa:QA", "finetune_qa", "Fine-tune an extractive question "
+                             "answering reader (answer spans, SQuAD format).")
+finetune_relations = entry_function(RelationsArgs, "lmforge.finetune.relations:RELATIONS", "finetune_relations",
+                                    "Fine-tune joint entity and relation extraction (entity tags + a relation "
+                                    "classifier over entity pairs) on SpERT-format JSON such as CoNLL04.")
 finetune_sft = entry_function(SftArgs, "lmforge.finetune.sft:SFT", "finetune_sft", "Supervised fine-tuning of a decoder "
                               "on chat conversations, with the loss on assistant turns only.")
 
-__all__ = ["ClassifyArgs", "NerArgs",
+__all__ = ["ClassifyArgs", "NerArgs", "QaArgs", "RelationsArgs", "finetune_qa", "finetune_relations",
            "Seq2SeqArgs", "SftArgs", "InferOptions", "DecodeOptions", "training_option", "run_info", "entry_function",
            "finetune_classify", "finetune_ner", "finetune_seq2seq", "finetune_sft", "DEFAULT_TEMPLATE", "Pooling"]

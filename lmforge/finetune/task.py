@@ -91,6 +91,10 @@ class TaskSpec:
         """The labels a new head predicts (tasks with head classify | tag)."""
         raise NotImplementedError
 
+    def head_options(self, data: TaskData, args: TaskArgs) -> dict[str, Any]:
+        """More arguments of the head swap (`model.heads.with_head`) where a head needs them (relation types)."""
+        return {}
+
     def setup(self, ctx: TaskContext) -> TaskParts:
         raise NotImplementedError
 

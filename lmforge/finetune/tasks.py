@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .classify import CLASSIFY
 from .ner import NER
+from .qa import QA
+from .relations import RELATIONS
 from .seq2seq import SEQ2SEQ
 from .sft import SFT
 from .task import TaskSpec
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (CLASSIFY, NER, SEQ2SEQ, SFT)}
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (CLASSIFY, NER, SEQ2SEQ, SFT, QA, RELATIONS)}
 
 
 def task_of(head: str, objective: str | None = None) -> TaskSpec:
