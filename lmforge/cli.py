@@ -41,6 +41,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                          "source/target files (BLEU on dev)"),
     "finetune sft": ("lmforge.finetune.args:finetune_sft", "supervised chat fine-tuning of a decoder (loss on "
                      "assistant turns)"),
+    "finetune qa": ("lmforge.finetune.args:finetune_qa", "fine-tune an extractive QA reader (answer spans; SQuAD "
+                    "format)"),
+    "finetune relations": ("lmforge.finetune.args:finetune_relations", "fine-tune joint entity + relation extraction "
+                           "(SpERT JSON, e.g. CoNLL04)"),
     "predict": ("lmforge.finetune.predict:predict", "apply a fine-tuned model to a file (labels, tags, outputs, replies)"),
     "eval classify": ("lmforge.finetune.evaluate:eval_classify", "accuracy, P/R/F1 and confusion matrix of a classifier"),
     "eval ner": ("lmforge.finetune.evaluate:eval_ner", "entity-level P/R/F1 (CoNLL semantics) of a tagger"),
@@ -48,6 +52,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval rouge": ("lmforge.finetune.evaluate:eval_rouge", "ROUGE-1/2/L of a seq2seq model (or of an output file)"),
     "eval zero-shot": ("lmforge.finetune.evaluate:eval_zero_shot", "zero-/few-shot classification by each label's "
                        "log-likelihood"),
+    "attention": ("lmforge.commands.apps:attention", "attention maps of every layer and head: PNG grid + offline "
+                  "HTML view"),
+    "embed": ("lmforge.commands.apps:embed", "sentence embeddings of a file of texts (.npy or .jsonl)"),
+    "index build": ("lmforge.commands.apps:index_build", "chunk, embed and index documents for semantic search"),
+    "search": ("lmforge.commands.apps:search", "semantic search in an index"),
+    "ask": ("lmforge.commands.apps:ask", "answer a question from an index: retrieve passages, then read the answer"),
+    "extract": ("lmforge.commands.apps:extract", "entities and relations of texts: JSONL triples + graph (GraphML/DOT, "
+                "PNG)"),
+    "ngram train": ("lmforge.commands.apps:ngram_train", "train a modified Kneser-Ney n-gram model (ARPA file)"),
+    "attack": ("lmforge.commands.apps:attack", "adversarial robustness of a classifier: word- and character-level "
+               "attacks"),
     "lora merge": ("lmforge.commands.lora:merge_cli", "merge a LoRA adapter into plain weights (export, serving)"),
     "info": ("lmforge.commands.info:info", "parameters, FLOPs per token and memory of a preset or checkpoint"),
     "convert from-hf": ("lmforge.commands.convert:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
