@@ -174,14 +174,17 @@ document.getElementById("none").onclick = () => { active = new Set(); draw(); };
 const NS = "http://www.w3.org/2000/svg", ROW = 22, LEFT = 150, GAP = 230;
 const svg = document.getElementById("lines");
 svg.setAttribute("width", LEFT * 2 + GAP); svg.setAttribute("height", ROW * T + 20);
-function text(x, y, s, anchor, i, side) {
+const gLines = document.createElementNS(NS, "g"), gText = document.createElementNS(NS, "g");
+svg.appendChild(gLines); svg.appendChild(gText);
+function label(x, y, s, anchor, i, side) {
   const t = document.createElementNS(NS, "text"); t.setAttribute("x", x); t.setAttribute("y", y);
   t.setAttribute("text-anchor", anchor); t.textContent = s; t.dataset.i = i; t.dataset.side = side;
   t.onmouseenter = () => { focus = [side, i]; draw(); }; t.onmouseleave = () => { focus = null; draw(); };
-  return t;
+  gText.appendChild(t); return t;
 }
+const labels = D.tokens.map((s, i) => [label(LEFT, 14 + i * ROW, s, "end", i, "q"), label(LEFT + GAP, 14 + i * ROW, s, "start", i, "k")]);
 function draw() {
-  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  while (gLines.firstChild) gLines.removeChild(gLines.firstChild);
   document.querySelectorAll(".head").forEach((b, h) => b.classList.toggle("off", !active.has(h)));
   const W = D.weights[layer], n = Math.max(active.size, 1);
   for (const h of active) {
@@ -194,14 +197,13 @@ function draw() {
       line.setAttribute("x2", LEFT + GAP - 6); line.setAttribute("y2", 14 + j * ROW);
       line.setAttribute("stroke", color(h)); line.setAttribute("stroke-width", 2);
       line.setAttribute("stroke-opacity", Math.min(1, w * (focus ? 1 : 1.6 / Math.sqrt(n))).toFixed(3));
-      line.setAttribute("class", "att");
-      svg.appendChild(line);
+      line.setAttribute("class", "att"); line.style.pointerEvents = "none";
+      gLines.appendChild(line);
     }
   }
-  D.tokens.forEach((s, i) => {
-    const a = text(LEFT, 14 + i * ROW, s, "end", i, "q"), b = text(LEFT + GAP, 14 + i * ROW, s, "start", i, "k");
-    if (focus) { if (!(focus[0] === "q" && focus[1] === i)) a.classList.add("dim"); if (!(focus[0] === "k" && focus[1] === i)) b.classList.add("dim"); }
-    svg.appendChild(a); svg.appendChild(b);
+  labels.forEach(([a, b], i) => {
+    a.classList.toggle("dim", !!focus && !(focus[0] === "q" && focus[1] === i));
+    b.classList.toggle("dim", !!focus && !(focus[0] === "k" && focus[1] === i));
   });
   drawMap(W);
 }
