@@ -13,7 +13,7 @@ from ._version import __version__
 
 _API = {"ModelConfig": "config", "LmforgeError": "errors", "KVCache": "model", "Transformer": "model",
         "build_model": "model", "load": "loading", "save": "checkpoint", "Tokenizer": "tokenizer",
-        "train_tokenizer": "tokenizer", "generate": "generate"}
+        "train_tokenizer": "tokenizer", "generate": "generate", "embed": "apps.embed"}
 _PACKAGES = ("convert",)
 
 __all__ = [*_API, *_PACKAGES, "__version__"]

@@ -141,7 +141,8 @@ def _add_argument(parser: argparse.ArgumentParser, name: str, tp: Any, default: 
         kwargs["required"] = True
     if kwargs.get("action") not in (argparse.BooleanOptionalAction,) and "choices" not in kwargs:
         kwargs["metavar"] = name.split("__")[-1].rstrip("_").upper()
-    parser.add_argument(option or _option_name(name), dest=name, **kwargs)
+    flags = [option or _option_name(name)] + ([f"-{name}"] if len(name) == 1 else [])  # -k as well as --k
+    parser.add_argument(*flags, dest=name, **kwargs)
 
 
 class _Parser(argparse.ArgumentParser):

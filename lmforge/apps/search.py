@@ -97,9 +97,9 @@ def chunk_document(model: Transformer, doc: Document, chunk_tokens: int, overlap
 
 def chunk_documents(model: Transformer, docs: Sequence[Document], chunk_tokens: int = 200,
                     overlap: int = 40) -> list[Chunk]:
-    if chunk_tokens < 8 or not 0 <= overlap < chunk_tokens // 2:
-        raise ConfigError(f"--chunk-tokens={chunk_tokens} must be >= 8 and --overlap={overlap} between 0 and half "
-                          "of it")
+    if chunk_tokens < 8 or not 0 <= overlap < chunk_tokens:
+        raise ConfigError(f"--chunk-tokens={chunk_tokens} must be >= 8 and --overlap={overlap} >= 0 and smaller "
+                          "than --chunk-tokens")
     specials = len(model.tokenizer.encode("a", add_special_tokens=True)) - len(model.tokenizer.encode("a"))
     limit = (getattr(model, "pooling_spec", None) and model.pooling_spec.max_length) or model.config.context_length
     if chunk_tokens + specials > min(limit, model.config.context_length):
