@@ -19,7 +19,7 @@ PROMPT = ("Answer the question with a short phrase taken from the context.\n\nCo
 
 
 def read_extractive(reader: Transformer, question: str, passages: Sequence[dict[str, Any]], *, max_length: int = 256,
-                    stride: int = 64, max_answer_tokens: int = 30) -> dict[str, Any]:
+                    stride: int | None = None, max_answer_tokens: int = 30) -> dict[str, Any]:
     from ..finetune.qa import answer
 
     spans = answer(reader, question, [p["text"] for p in passages], max_length=max_length, stride=stride,

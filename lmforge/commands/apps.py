@@ -133,7 +133,7 @@ def search(index: str, query: str, *, k: int = 5, json_: bool = False) -> list[d
     return results
 
 
-def ask(index: str, question: str, *, reader: str | None = None, k: int = 5, max_length: int = 256,
+def ask(index: str, question: str, *, reader: str | None = None, k: int = 5, max_length: int | None = None,
         max_new_tokens: int = 32, json_: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Answer a question from an index: retrieve the k best passages, then read the answer (an extractive span
     reader from `lmforge finetune qa`, or a decoder language model that writes it).
@@ -143,7 +143,7 @@ def ask(index: str, question: str, *, reader: str | None = None, k: int = 5, max
         question: the question
         reader: the reader model (default: none, the passages only)
         k: passages given to the reader
-        max_length: extractive reader: tokens per question + passage window
+        max_length: extractive reader: tokens per question + passage window (default: the reader's training run's, else 256)
         max_new_tokens: generative reader: tokens of the answer at most
         json_: print the result as JSON
         device: cpu, cuda or auto
@@ -157,8 +157,14 @@ def ask(index: str, question: str, *, reader: str | None = None, k: int = 5, max
     check_minimum(1, k=k, max_length=max_length, max_new_tokens=max_new_tokens)
     idx = Index.load(index)
     model = load(reader, device=resolve_device(device), dtype="fp32") if reader else None
-    options = {"max_length": max_length} if model is not None and model.config.head == "span" else \
-        {"max_new_tokens": max_new_tokens}
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if model is not None and model.config.head == "span":
+        from ..finetune.args import run_info, training_option
+
+        info = run_info(reader)
+        length = training_option(info, "max_length", max_length, 256)
+        stride = min(training_option(info, "stride", None, 64), length // 4)
+        options = {"max_length": length, "stride": stride}
     result = ask_index(idx, question, model, k=k, **options)
     if json_:
         print(json.dumps(result, ensure_ascii=False))

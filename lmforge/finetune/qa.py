@@ -98,7 +98,11 @@ def split_by_title(items: list[QaExample], titles: Iterable[str]) -> tuple[list[
 def window_backend(tokenizer: Tokenizer, max_length: int, stride: int) -> HFTokenizer:
     backend = HFTokenizer.from_str(tokenizer.backend.to_str())
     backend.no_padding()
-    backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    try:
+        backend.enable_truncation(max_length, stride=stride, strategy="only_second")
+    except ValueError as e:
+        raise ConfigError(f"--stride={stride} does not fit --max-length={max_length} ({str(e).split(',')[0]}); "
+                          "use a smaller stride") from None
     return backend
 
 
@@ -208,13 +212,19 @@ def best_spans(model: Transformer, rows: Windows, items: Sequence[QaExample], *,
                     score = float(s_log[s] + e_log[e])
                     if score > here["score"]:
                         a, b = int(offsets[s, 0]), int(offsets[e, 1])
+                        while a < b and ex.context[a].isspace():  # byte-level tokens carry the space before them
+                            a += 1
+                        while b > a and ex.context[b - 1].isspace():
+                            b -= 1
                         here.update(text=ex.context[a:b], score=score, start=a, end=b)
     return best
 
 
-def answer(model: Transformer, question: str, contexts: Sequence[str], *, max_length: int = 256, stride: int = 64,
-           max_answer_tokens: int = 30, batch_size: int = 32) -> list[dict[str, Any]]:
-    """The best span of each context for `question`: [{"text", "score", "start", "end", "context"}], best first."""
+def answer(model: Transformer, question: str, contexts: Sequence[str], *, max_length: int = 256,
+           stride: int | None = None, max_answer_tokens: int = 30, batch_size: int = 32) -> list[dict[str, Any]]:
+    """The best span of each context for `question`: [{"text", "score", "start", "end", "context"}], best first
+    (`stride` defaults to 64 tokens, at most a quarter of `max_length`)."""
+    stride = min(64, max_length // 4) if stride is None else stride
     if model.config.head != "span":
         raise ConfigError(f"the reader has a {model.config.head} head; extractive answers need a model fine-tuned "
                           "with `lmforge finetune qa`")
