@@ -2,7 +2,7 @@
 written as JSONL triples with character spans, and as a graph (GraphML or DOT, and a PNG drawing).
 
 Text is cut into sentences (a line, or a sentence end inside a line: ". ", "! ", "? " before an upper-case
-letter or a digit), sentences into words (runs of letters and digits, with inner apostrophes and hyphens, and
+letter or a digit, not after an abbreviation such as "Dr." or an initial), sentences into words (runs of letters and digits, with inner apostrophes and hyphens, and
 single punctuation marks), as CoNLL04 is tokenised; every entity keeps its character span in the input file.
 The graph merges mentions with the same text and type into one node; an edge per (head, relation, tail) carries
 how often it was found.
@@ -28,6 +28,8 @@ from ..model import Transformer
 
 TOKEN = re.compile(r"\w+(?:['\-]\w+)*|[^\w\s]", re.UNICODE)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr inc co corp ltd gen col lt sgt rep sen gov vs etc jan feb "
+                          "mar apr jun jul aug sep sept oct nov dec no mt ft".split())
 
 
 @dataclass
@@ -44,6 +46,9 @@ def sentences_of(text: str) -> Iterable[tuple[int, str]]:
     for line in text.splitlines(keepends=True):
         start = 0
         for m in SENTENCE_END.finditer(line):
+            last = line[start:m.start()].rstrip(".!?").split()[-1:] or [""]
+            if line[m.start() - 1] == "." and (last[0].lower() in ABBREVIATIONS or len(last[0]) == 1):
+                continue  # "Dr. Smith", "J. Smith": not a sentence end
             if line[start:m.start()].strip():
                 yield pos + start, line[start:m.start()]
             start = m.end()
