@@ -322,18 +322,20 @@ class Transformer(nn.Module):
             raise LmforgeError(f"pair_logits needs a model with head=relations; this one has head={self.config.head}")
         T = hidden.shape[1]
         pos = torch.arange(T, device=hidden.device)[None]  # (1, T)
-        rows = hidden[pairs[:, 0]]  # (P, T, d)
-        spans = {
-            "head": (pairs[:, 1:2], pairs[:, 2:3]),
-            "tail": (pairs[:, 3:4], pairs[:, 4:5]),
-            "context": (torch.minimum(pairs[:, 2:3], pairs[:, 4:5]), torch.maximum(pairs[:, 1:2], pairs[:, 3:4])),
-        }
-        pooled = []
-        for start, end in spans.values():
-            inside = (pos >= start) & (pos < end)  # (P, T)
-            x = rows.masked_fill(~inside[..., None], float("-inf")).amax(1)  # (P, d)
-            pooled.append(torch.where(inside.any(1, keepdim=True), x, torch.zeros_like(x)))
-        return self.relation_classifier(self.head_dropout(torch.cat(pooled, -1)))
+        out = []
+        for chunk in pairs.split(256):  # (P, T, d) copies of the rows: bounded memory for many pairs
+            rows = hidden[chunk[:, 0]]  # (p, T, d)
+            spans = ((chunk[:, 1:2], chunk[:, 2:3]), (chunk[:, 3:4], chunk[:, 4:5]),  # head, tail, between
+                     (torch.minimum(chunk[:, 2:3], chunk[:, 4:5]), torch.maximum(chunk[:, 1:2], chunk[:, 3:4])))
+            pooled = []
+            for start, end in spans:
+                inside = (pos >= start) & (pos < end)  # (p, T)
+                x = rows.masked_fill(~inside[..., None], float("-inf")).amax(1)  # (p, d)
+                pooled.append(torch.where(inside.any(1, keepdim=True), x, torch.zeros_like(x)))
+            out.append(self.relation_classifier(self.head_dropout(torch.cat(pooled, -1))))
+        if not out:
+            return hidden.new_zeros((0, len(self.config.relation_labels) + 1))
+        return torch.cat(out)
 
     def nsp_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-sentence prediction logits (B, 2) from the first token (BERT's pooler)."""
