@@ -160,7 +160,7 @@ class Candidates:
             self.mask_id = mlm.tokenizer.token_to_id("[MASK]") or mlm.tokenizer.token_to_id("<mask>")
             if self.mask_id is None:
                 raise ConfigError("--mlm: the tokenizer has no [MASK] or <mask> token")
-            self.whole = [i for i in range(mlm.tokenizer.vocab_size) if WORD.match(mlm.tokenizer.id_to_token(i) or "")]
+            self.whole, self.spelled = whole_words(mlm.tokenizer)
 
     def words(self, words: list[str], position: int) -> list[str]:
         if self.config.method == "char":
@@ -190,7 +190,7 @@ class Candidates:
         original = words[position].lower()
         out = []
         for i in top:
-            word = tok.id_to_token(i)
+            word = self.spelled[i]
             if word.lower() != original and word.lower() not in STOPWORDS:
                 out.append(word)
         return out[:self.config.max_candidates]
@@ -201,19 +201,22 @@ class Candidates:
             return self.neighbours[word]
         model = self.embeddings
         tok = model.tokenizer
-        ids = tok.encode(word, add_special_tokens=False)
-        if len(ids) != 1:
+        ids = next((x for x in (tok.encode(" " + word), tok.encode(word)) if len(x) == 1), None)
+        if ids is None:  # a word of several tokens has no one embedding
             self.neighbours[word] = []
             return []
         table = model.tok_embed.weight.float()
         if not hasattr(self, "_unit"):
             self._unit = torch.nn.functional.normalize(table, dim=1)
-            self._whole = torch.tensor([bool(WORD.match(tok.id_to_token(i) or "")) for i in range(table.shape[0])])
+            whole, self._spelled = whole_words(tok)
+            self._whole = torch.zeros(table.shape[0], dtype=torch.bool)
+            self._whole[whole] = True
         scores = self._unit @ self._unit[ids[0]]
         scores[~self._whole] = -2
         scores[ids[0]] = -2
-        top = scores.topk(self.config.max_candidates * 2).indices.tolist()
-        out = [tok.id_to_token(i) for i in top if tok.id_to_token(i).lower() not in STOPWORDS]
+        top = scores.topk(min(self.config.max_candidates * 2, int(self._whole.sum()))).indices.tolist()
+        out = [self._spelled[i] for i in top if self._spelled[i].lower() not in STOPWORDS
+               and self._spelled[i].lower() != word.lower()]
         self.neighbours[word] = out[:self.config.max_candidates]
         return self.neighbours[word]
 
@@ -231,6 +234,21 @@ class Candidates:
         edits = sorted(edits)
         self.rng.shuffle(edits)
         return edits[:self.config.max_candidates]
+
+
+def whole_words(tokenizer) -> tuple[list[int], dict[int, str]]:
+    """The ids of tokens that spell a whole word (letters; not a WordPiece continuation) and their spelling, for
+    any tokenizer (WordPiece, byte-level BPE with its space marker, SentencePiece)."""
+    ids, spelled = [], {}
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_token(i) or ""
+        if token.startswith(("##", "\uff03\uff03")) or i in tokenizer.special_ids:
+            continue
+        word = tokenizer.decode([i]).strip()
+        if WORD.match(word):
+            ids.append(i)
+            spelled[i] = word
+    return ids, spelled
 
 
 def attack_one(index: int, text: str, label: str, victim: Victim, candidates: Candidates,
