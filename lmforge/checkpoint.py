@@ -22,7 +22,7 @@ from .device import parse_dtype, resolve_device
 from .errors import CheckpointError, ConfigError
 from .model import Transformer
 from .model.heads import with_head
-from .model.lora import apply_lora, head_prefixes
+from .model.lora import apply_lora, head_prefixes, lora_spec
 from .model.meta import build_empty, load_weights
 from .tensor_io import save_safetensors
 from .tokenizer import Tokenizer
@@ -57,6 +57,8 @@ def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | Non
          **options: Any) -> Path:
     """Save a model (and its tokenizer) as an lmforge checkpoint folder, atomically (see `write_checkpoint`). An
     existing checkpoint there is replaced only with overwrite=True, and anything else never (`io.check_output`)."""
+    if not isinstance(model, Transformer):
+        raise ConfigError(f"save needs a model (lmforge.load or lmforge.build_model gives one); got {type(model).__name__}")
     lio.check_output(path, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
                      option="path", flag="overwrite=True")
     with lio.atomic_dir(path) as tmp:
@@ -180,8 +182,12 @@ def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
     if not file.exists():
         raise CheckpointError(f"{folder} is not a LoRA adapter folder: {ADAPTER_CONFIG} is missing")
     data = lio.read_json(file)
-    if data.get("lmforge_adapter") != "lora":
+    if not isinstance(data, dict) or data.get("lmforge_adapter") != "lora":
         raise CheckpointError(f"{file} is not an lmforge LoRA adapter (no \"lmforge_adapter\": \"lora\")")
+    try:
+        lora_spec(data["rank"], data["alpha"], data["targets"], data.get("dropout", 0.0))
+    except (KeyError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{file} is damaged ({type(e).__name__}: {e}); restore the adapter folder") from None
     return data
 
 

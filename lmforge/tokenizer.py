@@ -18,6 +18,7 @@ import collections
 import functools
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -115,6 +116,8 @@ class Tokenizer:
 
     # ---- encode / decode ------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise LmforgeError(f"encode takes a text (str); got {type(text).__name__}")
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_pair(self, a: str, b: str) -> tuple[list[int], list[int]]:
@@ -125,7 +128,11 @@ class Tokenizer:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        ids = list(ids)
+        bad = next((i for i in ids if not isinstance(i, numbers.Integral) or not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise LmforgeError(f"token id {bad!r} is not in this tokenizer's vocabulary (ids 0 .. {self.vocab_size - 1})")
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
         return self._tok.decode_batch(batch, skip_special_tokens=skip_special_tokens)
@@ -168,6 +175,8 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
         """Load from a folder holding tokenizer.json (and tokenizer_config.json), a tokenizer.json file, or a
         training run folder (its best/ or last/ checkpoint)."""
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise LmforgeError(f"Tokenizer.load needs the path of a tokenizer folder or tokenizer.json; got {path!r}")
         path = Path(path)
         if path.is_file() and path.name == "vocab.txt" and not (path.parent / "tokenizer.json").exists():
             path = path.parent  # a BERT vocabulary: the folder's WordPiece tokenizer
@@ -387,6 +396,10 @@ def train_tokenizer(
     length: int | None = None,
 ) -> Tokenizer:
     """Train a tokenizer on an iterable of texts (see `train_tokenizer_files` for files)."""
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        raise LmforgeError("train_tokenizer takes an iterable of texts, not a path or one text; for files use "
+                           "lmforge.tokenizer.train_tokenizer_files(paths)")
+    texts = _nonempty(iter(texts))
     if kind not in KINDS:
         raise ConfigError(f"tokenizer kind {kind!r} is not supported; use {choices(KINDS)}")
     if arch not in SPECIALS:
@@ -466,7 +479,7 @@ def train_tokenizer_files(
     reader_options = {k: options.pop(k) for k in list(options) if k in
                       ("text_field", "doc_split", "clean", "normalize", "encoding", "skip_bad_files", "glob")}
     reader = CorpusReader(files, **reader_options)
-    tokenizer = train_tokenizer(_nonempty(reader.documents_text()), kind, vocab_size, arch, **options)
+    tokenizer = train_tokenizer(reader.documents_text(), kind, vocab_size, arch, **options)
     if out is not None:
         with lio.atomic_dir(out) as tmp:
             tokenizer.save(tmp)

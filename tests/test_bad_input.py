@@ -278,6 +278,11 @@ CASES = [
     ("lora-merge-foreign-adapter", "lora merge run --adapter clf-lora/adapter --out m2", "another base model"),
     ("lora-merge-stacked-adapter", "lora merge clf-lora --adapter clf-lora/adapter --out m2", "already carries"),
     ("lora-merge-adapter-missing", "lora merge run --adapter mine --out m2", "not a LoRA adapter folder"),
+    ("huge-model", f"pretrain --data data --out x {PT} --set n_layer=1000000 --set d_model=4096", "GiB"),
+    ("finetune-set-head-field", f"finetune classify --model bert-mini --tokenizer tok-enc --train train.tsv --out x "
+                                f"{F} --set num_labels=7", "--set num_labels"),
+    ("finetune-vocab-size-zero", f"finetune classify --model bert --train train.tsv --out x {F} --vocab-size 0",
+     "--vocab-size"),
     ("unknown-command", "bogus", "unknown command"),
     ("unknown-subcommand", "eval bogus", "its subcommands"),
 ]
@@ -304,6 +309,24 @@ def _damage(folder: Path, name: str, how: str) -> None:
     elif how == "folder":
         path.unlink()
         path.mkdir()
+    elif how.startswith(("drop:", "set:", "state-step", "list", "manifest-count")):
+        data = json.loads(path.read_text())
+        if how.startswith("drop:"):
+            data.pop(how[5:])
+        elif how.startswith("set:"):
+            key, value = how[4:].split("=")
+            data[key] = value
+        elif how == "state-step":
+            data["state"]["step"] = "3"
+        elif how == "manifest-count":
+            data["splits"]["train"]["tokens"] = "many"
+        else:
+            data = [data]
+        path.write_text(json.dumps(data))
+    elif how == "odd":
+        path.write_bytes(path.read_bytes()[:-1])
+    elif how == "half-even":
+        path.write_bytes(path.read_bytes()[: (path.stat().st_size // 4) * 2])
 
 
 DAMAGED = [
@@ -327,6 +350,22 @@ DAMAGED = [
     ("adapter-weights-truncated", "clf-lora", "adapter/adapter.safetensors", "truncate",
      "lora merge bert --adapter {dir}/adapter --out m3", "adapter.safetensors"),
     ("tokenizer-garbage", "tok", "tokenizer.json", "garbage", "tokenizer encode {dir} 'to be'", "tokenizer.json"),
+    ("run-json-no-model-config", "run", "run.json", "drop:model_config", "pretrain --resume {dir} --no-progress",
+     "damaged"),
+    ("run-json-no-data", "run", "run.json", "drop:data", "pretrain --resume {dir} --no-progress", "damaged"),
+    ("run-json-objective", "run", "run.json", "set:objective=foo", "pretrain --resume {dir} --max-steps 6 "
+                                                                    "--no-progress", "objective 'foo'"),
+    ("finetune-run-json-no-args", "clf", "run.json", "drop:args", "finetune classify --resume {dir} --no-progress",
+     "damaged"),
+    ("trainer-state-step-text", "run", "last/state/trainer_state.json", "state-step",
+     "pretrain --resume {dir} --max-steps 6 --no-progress", "damaged"),
+    ("adapter-config-no-rank", "clf-lora", "adapter/adapter_config.json", "drop:rank",
+     "lora merge bert --adapter {dir}/adapter --out m3", "damaged"),
+    ("adapter-config-list", "clf-lora", "adapter/adapter_config.json", "list",
+     "lora merge bert --adapter {dir}/adapter --out m3", "not an lmforge LoRA adapter"),
+    ("manifest-count-text", "data", "manifest.json", "manifest-count", "eval perplexity run --data {dir}", "damaged"),
+    ("tokens-odd-length", "data", "train.bin", "odd", "eval perplexity run --data {dir} --split train", "truncated"),
+    ("tokens-shorter", "data", "val.bin", "half-even", "eval perplexity run --data {dir}", "manifest.json says"),
 ]
 
 
@@ -472,6 +511,20 @@ API = [
     ("build-model-number", lambda fx: lmforge.build_model(5), "ModelConfig or a preset name"),
     ("config-type", lambda fx: lmforge.ModelConfig.from_name("gpt-nano", dropout="abc"), "dropout"),
     ("generate-option", lambda fx: lmforge.generate(lmforge.load(fx / "run"), "to be", top_p=2.0), "top_p"),
+    ("tokenizer-load-none", lambda fx: lmforge.Tokenizer.load(None), "Tokenizer.load needs"),
+    ("from-hf-none", lambda fx: lmforge.convert.from_hf(None), "no model at None"),
+    ("save-a-path", lambda fx: lmforge.save(str(fx / "run"), fx / "x"), "save needs a model"),
+    ("options-as-dict", lambda fx: __import__("lmforge.finetune.classify").finetune.classify.finetune_classify(
+        model=str(fx / "bert"), train=str(fx / "train.tsv"), out=str(fx / "x"), options={"max_steps": 2}),
+     "options= takes a FinetuneConfig"),
+    ("pretrain-train-as-dict", lambda fx: __import__("lmforge.train.pretrain").train.pretrain.pretrain(
+        data=str(fx / "data"), out=str(fx / "x"), train={"max_steps": 2}), "train= takes a TrainConfig"),
+    ("decode-negative", lambda fx: lmforge.Tokenizer.load(fx / "tok").decode([-1]), "token id -1"),
+    ("decode-too-large", lambda fx: lmforge.Tokenizer.load(fx / "tok").decode([10**9]), "not in this tokenizer"),
+    ("encode-none", lambda fx: lmforge.Tokenizer.load(fx / "tok").encode(None), "encode takes a text"),
+    ("train-tokenizer-nothing", lambda fx: lmforge.train_tokenizer([], "bpe", 300), "no text"),
+    ("train-tokenizer-a-path", lambda fx: lmforge.train_tokenizer(str(fx / "corpus.txt"), "bpe", 300),
+     "train_tokenizer_files"),
 ]
 
 

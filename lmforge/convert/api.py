@@ -58,6 +58,8 @@ FORCED_TOKENIZER_DOC = {"qwen2": "Qwen2Tokenizer: NFC, Qwen's split regex, byte-
 
 def hf_folder(path: str | os.PathLike, revision: str | None = None) -> Path:
     """The local folder behind a path or a hub id (hf:org/name)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise CheckpointError(f"no model at {path!r}: give the path of a Hugging Face model folder or hf:org/name")
     repo = hub_repo(path)
     if repo is not None:
         return download(repo, revision)

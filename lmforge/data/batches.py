@@ -22,8 +22,12 @@ from .prepare import read_manifest
 def _memmap(path: Path, dtype: str) -> np.ndarray:
     if not path.exists():
         raise DataError(f"{path} is missing; the prepared data folder is incomplete - re-run `lmforge prepare`")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         return np.zeros(0, dtype=dtype)
+    if size % np.dtype(dtype).itemsize:
+        raise DataError(f"{path} is truncated ({size} bytes is not a whole number of {dtype} tokens); re-run "
+                        "`lmforge prepare`")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -111,7 +115,12 @@ class PreparedData:
         if self.kind != "tokens":
             raise DataError(f"{self.folder} holds {self.kind} data, not a token stream; prepare a plain corpus "
                             "for causal or masked LM")
-        return _memmap(self.folder / f"{split}.bin", self.dtype)
+        tokens = _memmap(self.folder / f"{split}.bin", self.dtype)
+        expected = self.manifest["splits"].get(split, {}).get("tokens")
+        if expected is not None and len(tokens) != expected:
+            raise DataError(f"{self.folder / (split + '.bin')} holds {len(tokens):,} tokens but manifest.json says "
+                            f"{expected:,}; the data changed or is damaged - re-run `lmforge prepare`")
+        return tokens
 
     def pairs(self, split: str) -> PairSet:
         if self.kind != "pairs":

@@ -324,8 +324,16 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise DataError(f"{path} is not valid JSON ({e}); re-run `lmforge prepare`") from None
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path} is not an lmforge data manifest (format {manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path} is not an lmforge data manifest (format "
+                        f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    splits, kind = manifest.get("splits"), manifest.get("kind")
+    counts = ("tokens", "documents") if kind == "tokens" else ("pairs", "src_tokens", "tgt_tokens")
+    if kind not in ("tokens", "pairs") or manifest.get("dtype") not in ("uint16", "uint32") or \
+            not isinstance(manifest.get("tokenizer"), dict) or not isinstance(splits, dict) or "train" not in splits or \
+            not all(isinstance(s, dict) and all(isinstance(s.get(c), int) for c in counts) for s in splits.values()):
+        raise DataError(f"{path} is damaged (kind, dtype, tokenizer or split counts are missing or of the wrong type); "
+                        "re-run `lmforge prepare`")
     return manifest
 
 

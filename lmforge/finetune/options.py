@@ -42,6 +42,10 @@ class ModelSource:
     set_: list[str] = field(default_factory=list, metadata={"help": "config override for a preset (--set n_layer=4), "
                                                                     "or dropout for a checkpoint"})
 
+    def __post_init__(self) -> None:
+        self.set_ = list(self.set_ or [])  # (the command line gives None for no --set)
+        check_options(self, {"vocab_size": 1})
+
 
 @dataclass
 class FinetuneConfig(TrainConfig):

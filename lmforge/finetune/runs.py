@@ -24,6 +24,7 @@ from ..loading import load as load_checkpoint
 from ..model import Transformer
 from ..model.heads import check_arch, with_head
 from ..model.lora import merge_lora
+from ..model.meta import check_fits_in_memory
 from ..model.trainable import apply_method, restore_method
 from ..model.word_vectors import init_embeddings
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
@@ -92,7 +93,12 @@ def load_base(spec: str, *, tokenizer: str | None = None, texts: Callable[[], It
         tok = train_tokenizer(texts(), "bpe", vocab_size, arch if arch in SPECIALS else "decoder", progress=False)
         if notes is not None:
             notes.append(f"trained a {tok.vocab_size:,}-token BPE tokenizer on the training texts")
+    task_fields = sorted(set(overrides) & {"head", "num_labels", "labels", "pooling", "lora", "nsp_head"})
+    if task_fields:
+        raise ConfigError(f"--set {', '.join(task_fields)}: the task sets the head (labels from the training file, "
+                          "--pooling, --method lora); drop these overrides")
     config = build_config(spec, overrides, tok, context, objective)
+    check_fits_in_memory(config)
     torch.manual_seed(seed)
     model = Transformer(config)
     model.tokenizer = tok
@@ -161,6 +167,11 @@ def run_task(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
     """The body of every `lmforge finetune <task>` entry function: --resume, or a new run from its parameters."""
     params = dict(params)
     options = params.pop("options", None) or FinetuneConfig()
+    for name, cls in (("options", FinetuneConfig), ("method", MethodConfig), ("source", ModelSource)):
+        value = options if name == "options" else params.get(name)
+        if value is not None and not isinstance(value, cls):
+            raise ConfigError(f"{name}= takes a {cls.__name__} (lmforge.finetune.options.{cls.__name__}(...)); got "
+                              f"{type(value).__name__}")
     if params.get("resume"):
         defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                     for f in dataclasses.fields(spec.args)} | {"method": MethodConfig(), "source": ModelSource()}

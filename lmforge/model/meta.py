@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .blocks import Rotary, rope_parameters, sinusoidal_table
 from .transformer import Transformer
 
@@ -44,6 +44,22 @@ def _skip_init() -> Iterator[None]:
         yield
     finally:
         _SKIP_INIT.active = False
+
+
+def check_fits_in_memory(config: ModelConfig, what: str = "training") -> None:
+    """Refuse a shape whose weights (and, for training, gradients and AdamW moments: 16 bytes a parameter) cannot fit
+    in this machine's memory, before anything is allocated (a typo like n_layer=1000000 would swap or be killed)."""
+    import os
+
+    params = build_empty(config).num_parameters()
+    need = params * (16 if what == "training" else 4)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > memory:
+        raise ConfigError(f"this shape has {params / 1e9:.2f}B parameters: {what} needs about {need / 2**30:.0f} GiB "
+                          f"and this machine has {memory / 2**30:.0f} GiB; check n_layer, d_model and vocab_size")
 
 
 def build_empty(config: ModelConfig) -> Transformer:

@@ -53,11 +53,15 @@ def pretrain(
     from ..data.prepare import check_tokenizer
     from ..loading import load
     from ..model import Transformer
+    from ..model.meta import check_fits_in_memory
     from .objectives import EXAMPLES, check_objective, default_objective
     from .runs import build_config, check_out_folder, clear_run, new_run, write_run
     from .trainer import setup_distributed
 
     train = train or TrainConfig()
+    if not isinstance(train, TrainConfig):
+        raise ConfigError(f"train= takes a TrainConfig (lmforge.train.options.TrainConfig(max_steps=...)); got "
+                          f"{type(train).__name__}")
     if resume:
         given = {"--data": data, "--out": out, "--init": init, "--set": set_, "--overwrite": overwrite,
                  "--objective": objective != "auto", "--model": model != "gpt-mini"}
@@ -92,6 +96,7 @@ def pretrain(
     else:
         config = build_config(model, parse_overrides(set_), tokenizer, train.context,
                               objective if objective != "auto" else default_objective(ModelConfig.from_name(model).arch))
+        check_fits_in_memory(config)
         net = Transformer(config)
         source = f"--model {model}"
     name = default_objective(config.arch) if objective == "auto" else objective
@@ -127,6 +132,9 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     from .runs import read_run, record_run
 
     info, train = read_run(run, overrides)
+    if info["objective"] not in ("clm", "mlm", "seq2seq"):
+        raise LmforgeError(f"{run / 'run.json'} is damaged: objective {info['objective']!r} is none of clm | mlm | "
+                           "seq2seq")
     if not Path(info["data"]).exists():
         raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
     prepared = PreparedData(info["data"])

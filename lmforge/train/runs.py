@@ -85,6 +85,12 @@ def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = 
     if info.get("command", "pretrain") != command:
         raise LmforgeError(f"{run} is a `{info.get('command')}` run; resume it with `lmforge {info.get('command')} "
                            f"--resume {run}`")
+    needed = ("model_config", "args", "method") if command.startswith("finetune") else \
+        ("model_config", "data", "objective", "tokenizer_sha256")
+    missing = [k for k in needed if not info.get(k)]
+    if missing or not isinstance(info["model_config"], dict):
+        raise FileError(f"{run_file} is damaged (no {', '.join(missing) or 'model_config'}); the run cannot be resumed "
+                        "from it")
     try:
         train = config_cls.from_dict(info["train"])
     except ConfigError as e:

@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import io as lio
 from ..checkpoint import write_checkpoint
+from ..config import check_field_types
 from ..device import native_bf16, parse_dtype, resolve_device
 from ..tensor_io import save_safetensors
 from ..errors import CheckpointError, ConfigError, LmforgeError
@@ -369,13 +370,14 @@ class Trainer:
         meta = lio.read_json(state_file)
         try:
             self.state = TrainState(**meta["state"])
+            check_field_types(self.state)
             load_optimizer_state(self.optimizer, _read_tensors(last / STATE_DIR / "optimizer.safetensors", self.device),
                                  meta["optimizer"])
             set_rng_state(_read_tensors(last / STATE_DIR / "rng.safetensors", torch.device("cpu")), meta["rng"])
             if self.scaler and meta.get("scaler"):
                 self.scaler.load_state_dict(meta["scaler"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            if isinstance(e, LmforgeError):
+            if isinstance(e, LmforgeError) and not isinstance(e, ConfigError):  # (a file error names its file)
                 raise
             raise CheckpointError(f"{last / STATE_DIR} is damaged ({type(e).__name__}: {str(e)[:120]}); the run cannot "
                                   "resume exactly from it: restore it from a copy, or start a new run") from None
