@@ -162,7 +162,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     recover_dir(path)
     tmp, old = scratch_paths(path)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # (a read-only or missing parent: name the folder the user asked for)
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         yield tmp
         _fsync_dir(tmp)
