@@ -158,6 +158,28 @@ def test_resume_after_sigkill_gives_exactly_the_losses_of_an_uninterrupted_run(c
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ctrl_c_saves_the_step_and_the_run_resumes_exactly(corpus, tmp_path):
+    """SIGINT (Ctrl-C) with --save-every far away: the loop finishes its step, saves last/ and exits 130; --resume
+    then gives exactly the losses of an uninterrupted run."""
+    args = ["pretrain", "--model", "gpt-mini", "--data", str(corpus["decoder"]), *sum((["--set", s] for s in TINY), []),
+            "--max-steps", "40", "--batch-size", "4", "--context", "32", "--lr", "3e-3", "--warmup-steps", "5",
+            "--eval-every", "0", "--eval-batches", "4", "--save-every", "1000", "--log-every", "1", "--threads", "1",
+            "--no-progress"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(_cli(*args, "--out", str(tmp_path / "whole")), check=True, env=env, capture_output=True)
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(_cli(*args, "--out", str(run)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_step(run, proc, 12)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    state = json.loads((run / "last" / "state" / "trainer_state.json").read_text())["state"]
+    assert state["step"] >= 12 and f"interrupted at step {state['step']}" in out.decode()
+    subprocess.run(_cli("pretrain", "--resume", str(run), "--no-progress"), check=True, env=env, capture_output=True)
+    assert losses(run) == losses(tmp_path / "whole")
+
+
 def test_atomic_dir_never_leaves_a_torn_checkpoint(tmp_path):
     target = tmp_path / "last"
     with lio.atomic_dir(target) as tmp:
