@@ -1,0 +1,48 @@
+"""`lmforge export <format>`: deployment formats (docs/export.md). GGUF, llama.cpp's format: `export gguf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q6_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0"]
+
+
+def gguf_cli(checkpoint: str, *, out: str, type_: GGUFType = "f32", tokenizer: bool = True, fallback: bool = True,
+             name: str | None = None, overwrite: bool = False) -> Path:
+    """Export a model as a GGUF file that llama.cpp (and ollama, LM Studio, ...) runs.
+
+    Decoders are written in llama.cpp's llama (RoPE, RMSNorm, SwiGLU, GQA), qwen2 (q/k/v biases) or gpt2 layout,
+    encoders in its bert layout, with the tokenizer (byte-level BPE or SentencePiece-style) and chat template.
+
+    Args:
+        checkpoint: an lmforge checkpoint or run folder, a Hugging Face folder or hub id (hf:org/name), or a GGUF file
+        out: the .gguf file to write
+        type_: the type of the matrices (1-D tensors stay f32): f32 | f16 | bf16 | q8_0 | q6_k | q5_1 | q5_0 | q4_k |
+            q4_1 | q4_0
+        tokenizer: write the tokenizer too (--no-tokenizer for the weights alone)
+        fallback: write a matrix whose rows do not fit the type's blocks as llama.cpp's tools do (q4_k -> q5_0,
+            q6_k -> q8_0, others -> f16); --no-fallback makes it an error
+        name: general.name in the file (default: the model's name)
+        overwrite: replace a GGUF file already at --out
+    """
+    from .. import io as lio
+    from ..convert.gguf import to_gguf
+    from ..convert.gguf.exporter import _is_gguf
+    from ..loading import load
+
+    lio.check_output(out, what="a GGUF file", overwrite=overwrite, ours=_is_gguf, folder=False, inputs=[checkpoint])
+    model = load(checkpoint, dtype="fp32")
+    done = to_gguf(model, out, type=type_, tokenizer=tokenizer, fallback=fallback, name=name, overwrite=True)
+    counts = ", ".join(f"{k} {v}" for k, v in done.tensor_types.items())
+    print(f"exported {done.architecture} (through the Hugging Face {done.model_type} layout, {type_}) -> {done.path}: "
+          f"{done.bytes / 1e6:.1f} MB, {sum(done.tensor_types.values())} tensors ({counts}), tokenizer "
+          f"{done.tokenizer or 'none'}, {done.seconds:.1f} s")
+    for why, n in done.fallbacks.items():
+        print(f"note: {n} matrices written as {why}")
+    if done.dropped:
+        print(f"note: not written (llama.cpp's {done.architecture} has no place for them): {', '.join(done.dropped)}")
+    return done.path
+
+
+__all__ = ["gguf_cli"]
