@@ -68,6 +68,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert from-hf": ("lmforge.commands.convert:from_hf_cli", "convert a Hugging Face model (folder or hub id) to an "
                         "lmforge checkpoint"),
     "convert to-hf": ("lmforge.commands.convert:to_hf_cli", "export an lmforge checkpoint as a Hugging Face folder"),
+    "convert from-gguf": ("lmforge.commands.convert:from_gguf_cli", "convert a GGUF file (llama.cpp) to an lmforge "
+                          "checkpoint"),
+    "export gguf": ("lmforge.commands.export:gguf_cli", "export a model as a GGUF file for llama.cpp (f32 ... q4_0)"),
 }
 
 

@@ -2,7 +2,8 @@
 
 - an lmforge checkpoint folder or training run folder (`lmforge.checkpoint`),
 - a Hugging Face model folder (config.json with `model_type`; `lmforge.convert`),
-- a Hugging Face hub id, written `hf:org/name` (downloaded by `lmforge.convert.hub`).
+- a Hugging Face hub id, written `hf:org/name` (downloaded by `lmforge.convert.hub`),
+- a GGUF file, llama.cpp's format (`lmforge.convert.gguf`: dequantized, tokenizer rebuilt from its metadata).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from . import io as lio
 from .checkpoint import CONFIG, load_native, resolve_checkpoint
 from .convert import from_hf
+from .convert.gguf import from_gguf, is_gguf_file
 from .convert.hub import hub_repo
 from .errors import CheckpointError, LmforgeError
 from .model import Transformer
@@ -24,15 +26,18 @@ def load(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> Transformer:
-    """Load a model: an lmforge checkpoint or run folder, a Hugging Face folder, or a hub id (hf:org/name).
+    """Load a model: an lmforge checkpoint or run folder, a Hugging Face folder, a hub id (hf:org/name), or a GGUF
+    file (model.gguf).
 
     Returns the `Transformer` in eval mode with `.config` and `.tokenizer`.
     """
     if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise LmforgeError(f"load needs the path of a checkpoint, run or Hugging Face folder (or hf:org/name); "
-                           f"got {path!r}")
+        raise LmforgeError(f"load needs the path of a checkpoint, run or Hugging Face folder, a .gguf file (or "
+                           f"hf:org/name); got {path!r}")
     if hub_repo(path) is not None:
         return from_hf(str(path), device=device, dtype=dtype)
+    if is_gguf_file(path):
+        return from_gguf(path, device=device, dtype=dtype)
     folder = resolve_checkpoint(path)
     config = lio.read_json(folder / CONFIG)  # a damaged or unreadable config.json is named as such
     if isinstance(config, dict) and "lmforge_config" in config:

@@ -1,4 +1,5 @@
-"""`lmforge convert from-hf | to-hf`: Hugging Face folders and hub ids <-> lmforge checkpoints (docs/interop.md)."""
+"""`lmforge convert from-hf | to-hf`: Hugging Face folders and hub ids <-> lmforge checkpoints (docs/interop.md);
+`lmforge convert from-gguf`: a GGUF file -> an lmforge checkpoint (docs/export.md)."""
 
 from __future__ import annotations
 
@@ -62,4 +63,38 @@ def to_hf_cli(src: str, dst: str, *, model_type: str | None = None,
     return out
 
 
-__all__ = ["from_hf_cli", "to_hf_cli"]
+def from_gguf_cli(src: str, *, out: str, dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+                  tokenizer: bool = True, tokenizer_mode: Literal["llama.cpp", "transformers"] = "llama.cpp",
+                  overwrite: bool = False) -> Path:
+    """Convert a GGUF file (llama.cpp's format: llama, qwen2, gpt2 or bert) into an lmforge checkpoint folder:
+    the weights dequantized, the tokenizer rebuilt from the file's metadata, the chat template kept.
+
+    Args:
+        src: the .gguf file
+        out: new lmforge checkpoint folder
+        dtype: dtype of the written weights; auto is fp32 (what dequantizing gives)
+        tokenizer: convert the tokenizer too (--no-tokenizer for the weights alone)
+        tokenizer_mode: tokenize as llama.cpp does with this file, or as transformers' GGUF tokenizer does (they
+            differ on spaces for SentencePiece vocabularies and on some pre-tokenizers; docs/export.md)
+        overwrite: replace an lmforge checkpoint already in --out
+    """
+    from .. import io as lio
+    from ..checkpoint import is_lmforge_checkpoint, save
+    from ..convert.api import DTYPE_NAMES
+    from ..convert.gguf import from_gguf
+
+    out_path = lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
+                                inputs=[src])
+    model = from_gguf(src, dtype=None if dtype == "auto" else dtype, tokenizer=tokenizer,
+                      tokenizer_mode=tokenizer_mode)
+    source = model.gguf_source
+    save(model, out_path, extra={"gguf_source": source}, overwrite=True)
+    types = ", ".join(f"{k} {v}" for k, v in source["tensor_types"].items())
+    tok = model.tokenizer
+    print(f"converted GGUF {source['architecture']} ({types}) -> {out_path}: {model.num_parameters() / 1e6:.1f}M "
+          f"parameters, {DTYPE_NAMES.get(model.dtype, model.dtype)}"
+          f"{f', tokenizer {tok.vocab_size} tokens ({tokenizer_mode} mode)' if tok else ', no tokenizer'}")
+    return out_path
+
+
+__all__ = ["from_hf_cli", "to_hf_cli", "from_gguf_cli"]
