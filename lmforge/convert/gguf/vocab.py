@@ -384,7 +384,8 @@ def _special_ids(tok: Tokenizer) -> dict[str, Any]:
         if ids.get(role) is not None:
             md[f"tokenizer.ggml.{key}"] = ids[role]
     with_special, plain = tok.encode("a", add_special_tokens=True), tok.encode("a")
-    opens, closes = with_special[:len(with_special) - len(plain)], with_special[len(plain):]
+    at = next((i for i in range(len(with_special)) if with_special[i:i + len(plain)] == plain), 0)
+    opens, closes = with_special[:at], with_special[at + len(plain):]
     bos, eos = ids.get("bos"), ids.get("eos")
     md["tokenizer.ggml.add_bos_token"] = bos is not None and with_special[:1] == [bos] and plain[:1] != [bos]
     md["tokenizer.ggml.add_eos_token"] = eos is not None and with_special[-1:] == [eos] and plain[-1:] != [eos]
