@@ -9,6 +9,7 @@ reader of weights (native checkpoints, Hugging Face folders, GGUF files) goes th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from typing import Any, Iterator
 
@@ -51,7 +52,7 @@ def check_fits_in_memory(config: ModelConfig, what: str = "training") -> None:
     in this machine's memory, before anything is allocated (a typo like n_layer=1000000 would swap or be killed)."""
     import os
 
-    params = build_empty(config).num_parameters()
+    params = parameter_count(config)
     need = params * (16 if what == "training" else 4)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -60,6 +61,24 @@ def check_fits_in_memory(config: ModelConfig, what: str = "training") -> None:
     if need > memory:
         raise ConfigError(f"this shape has {params / 1e9:.2f}B parameters: {what} needs about {need / 2**30:.0f} GiB "
                           f"and this machine has {memory / 2**30:.0f} GiB; check n_layer, d_model and vocab_size")
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Parameters of this shape, counted on the meta device. Blocks are alike, so a deep shape is counted from one
+    and two blocks per stack: building a million meta blocks (a typo like n_layer=1000000) would itself take tens of
+    GiB of Python objects."""
+    enc_dec = config.arch == "encoder_decoder"
+    first = config.unique_layers or config.n_layer
+    second = (config.unique_layers or config.decoder_layers) if enc_dec else 1
+    if first + second <= 12:
+        return build_empty(config).num_parameters()
+
+    def count(a: int, b: int) -> int:
+        shape = dataclasses.replace(config, n_layer=a, n_decoder_layer=b if enc_dec else None, unique_layers=None)
+        return build_empty(shape).num_parameters()
+
+    base = count(1, 1)
+    return base + (first - 1) * (count(2, 1) - base) + (second - 1) * (count(1, 2) - base)
 
 
 def build_empty(config: ModelConfig) -> Transformer:

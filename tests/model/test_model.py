@@ -187,3 +187,20 @@ def test_too_long_input_is_a_clear_error():
     model = build_model(tiny(arch="decoder"))
     with pytest.raises(LmforgeError, match="longer than the model's context_length=32"):
         model(torch.zeros(1, 40, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["gpt-nano", "llama-nano", "bert-mini", "transformer-small"])
+def test_parameter_count_of_a_deep_shape_is_counted_from_two_blocks(name):
+    """The memory check counts deep shapes from one and two blocks (a million meta blocks would take tens of GiB);
+    the count must equal building the whole shape, with sharing and a separate decoder depth too."""
+    import dataclasses
+
+    from lmforge.model.meta import build_empty, parameter_count
+
+    config = ModelConfig(**PRESETS[name])
+    shapes = [dict(n_layer=16), dict(n_layer=18, unique_layers=3)]
+    if config.arch == "encoder_decoder":
+        shapes.append(dict(n_layer=13, n_decoder_layer=7))
+    for extra in shapes:
+        shape = dataclasses.replace(config, **extra)
+        assert parameter_count(shape) == build_empty(shape).num_parameters(), extra
