@@ -10,7 +10,6 @@ how often it was found.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
