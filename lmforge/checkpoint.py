@@ -24,10 +24,11 @@ from .model import Transformer
 from .model.heads import with_head
 from .model.lora import apply_lora, head_prefixes, lora_spec
 from .model.meta import build_empty, load_weights
-from .tensor_io import save_safetensors
+from .tensor_io import read_sharded, save_safetensors
 from .tokenizer import Tokenizer
 
 WEIGHTS = "model.safetensors"
+SHARDED_WEIGHTS = "model.dcp"  # a folder: the weights as saved by every process of an FSDP run (tensor_io.save_sharded)
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -37,15 +38,18 @@ ADAPTER_CONFIG = "adapter_config.json"
 # ---- saving --------------------------------------------------------------------------------------------
 
 def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: Tokenizer | None = None, *,
-                     extra: dict[str, Any] | None = None, generation: dict[str, Any] | None = None) -> None:
+                     extra: dict[str, Any] | None = None, generation: dict[str, Any] | None = None,
+                     weights: bool = True) -> None:
     """Write config, weights and tokenizer into `folder` (callers wrap this in `io.atomic_dir`). `extra` entries
     go into config.json beside the model config (e.g. where a converted model came from); `generation` is
-    written as generation_config.json."""
+    written as generation_config.json; weights=False leaves the weights to the caller (a sharded run writes
+    `model.dcp/` from every process)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lio.write_json(folder / CONFIG, {"lmforge_version": __version__, "lmforge_config": model.config.to_dict(),
                                      **(extra or {})})
-    save_safetensors(model.state_dict_to_save(), folder / WEIGHTS)
+    if weights:
+        save_safetensors(model.state_dict_to_save(), folder / WEIGHTS)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is not None:
         tokenizer.save(folder)
@@ -142,9 +146,14 @@ def load_native(folder: str | os.PathLike, device: str | torch.device | None = "
     target = resolve_device(device)
     model = build_empty(config)
     weights = folder / WEIGHTS
-    if not weights.exists():
+    if not weights.exists() and (folder / SHARDED_WEIGHTS).is_dir():  # saved by the processes of an FSDP run
+        tensors: Any = read_sharded(folder / SHARDED_WEIGHTS)
+        weights = folder / SHARDED_WEIGHTS
+    elif not weights.exists():
         raise CheckpointError(f"{folder} has no {WEIGHTS}; the checkpoint is incomplete")
-    load_weights(model, _SafetensorsFiles([weights]), device=target, dtype=parse_dtype(dtype), source=str(weights))
+    else:
+        tensors = _SafetensorsFiles([weights])
+    load_weights(model, tensors, device=target, dtype=parse_dtype(dtype), source=str(weights))
     model.tokenizer = Tokenizer.load(folder) if (folder / "tokenizer.json").exists() else None
     return model.eval()
 

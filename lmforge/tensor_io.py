@@ -8,6 +8,7 @@ into shards plus `model.safetensors.index.json` when they exceed a size (Hugging
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import dataclass
@@ -127,3 +128,70 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadat
 
 __all__ = ["SAFETENSORS", "SAFETENSORS_INDEX", "ST_DTYPES", "ST_NAMES", "PlannedTensor", "parse_size",
            "stream_safetensors", "save_safetensors", "write_safetensors_shards"]
+
+
+# ---- sharded checkpoints (torch.distributed.checkpoint) ---------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """torch.distributed.checkpoint warns when it runs in a single process, which is what loading for inference is."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def save_sharded(state: dict[str, torch.Tensor], folder: str | Path) -> None:
+    """Write `state` with torch.distributed.checkpoint, each process its own shards (DTensors are saved as their local
+    shards, plain tensors once): one safetensors file per process, the sharding in each file's header, no pickled
+    metadata. Every process of the group calls it; in a single process it writes one file."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    distributed = dist.is_available() and dist.is_initialized()
+    with _quiet_dcp():
+        dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True,
+                                                                enable_consolidation=False), no_dist=not distributed)
+
+
+def sharded_metadata(folder: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (shape, dtype) of every tensor of a sharded checkpoint, from its files' headers."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.glob("*.safetensors")):
+        raise CheckpointError(f"{folder} holds no sharded weights (*.safetensors); the checkpoint is incomplete")
+    try:
+        metadata = HuggingFaceStorageReader(str(folder)).read_metadata()
+    except Exception as e:  # (a truncated file or a foreign header: the reader's own error types)
+        raise CheckpointError(f"{folder} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                              "restore it from a copy") from None
+    return {name: (tuple(m.size), m.properties.dtype) for name, m in metadata.state_dict_metadata.items()
+            if hasattr(m, "size")}
+
+
+def load_sharded(state: dict[str, torch.Tensor], folder: str | Path, collective: bool = True) -> None:
+    """Fill `state` in place from a sharded checkpoint, whatever number of processes wrote it: plain tensors receive
+    whole values, DTensors their own shard of them (resharding happens here). With `collective`, every process of
+    the group calls it; else this process reads alone."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    distributed = collective and dist.is_available() and dist.is_initialized()
+    try:
+        with _quiet_dcp():
+            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not distributed)
+    except Exception as e:
+        raise CheckpointError(f"{folder} cannot be read into this model ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); restore it from a copy") from None
+
+
+def read_sharded(folder: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The whole tensors under `prefix` of a sharded checkpoint, in this process (for inference and conversion)."""
+    shapes = sharded_metadata(folder)
+    state = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items() if name.startswith(prefix)}
+    load_sharded(state, folder, collective=False)
+    return {name[len(prefix):]: tensor for name, tensor in state.items()}

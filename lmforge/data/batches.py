@@ -31,6 +31,43 @@ def _memmap(path: Path, dtype: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+class ConcatTokens:
+    """Several token files read as one stream (a prepared split written with --shard-tokens): `len` and slices,
+    which is all windows need; a slice across a file boundary joins the two pieces."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
+        self.dtype = parts[0].dtype if parts else np.dtype(np.uint16)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # (np.asarray: the whole split, read into memory)
+        return np.asarray(self[0:len(self)], dtype=dtype)
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            if index < 0:
+                index += len(self)
+            i = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return self.parts[i][index - self.starts[i]]
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise IndexError("token files are sliced with step 1")
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        pieces = []
+        i = first
+        while start < stop:
+            local = start - self.starts[i]
+            end = min(stop, int(self.starts[i + 1]))
+            pieces.append(self.parts[i][local: local + end - start])
+            start, i = end, i + 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 class TokenWindows:
     """Windows of `length` tokens from a packed token stream, epoch by epoch without repetition."""
 
@@ -111,12 +148,22 @@ class PreparedData:
 
         return Tokenizer.load(self.folder)
 
-    def tokens(self, split: str) -> np.ndarray:
+    def tokens(self, split: str) -> np.ndarray | ConcatTokens:
         if self.kind != "tokens":
             raise DataError(f"{self.folder} holds {self.kind} data, not a token stream; prepare a plain corpus "
                             "for causal or masked LM")
+        entry = self.manifest["splits"].get(split, {})
+        if "files" in entry:  # written in several files (--shard-tokens)
+            parts = []
+            for name, count in zip(entry["files"], entry["file_tokens"]):
+                part = _memmap(self.folder / name, self.dtype)
+                if len(part) != count:
+                    raise DataError(f"{self.folder / name} holds {len(part):,} tokens but manifest.json says {count:,}; "
+                                    "the data changed or is damaged - re-run `lmforge prepare`")
+                parts.append(part)
+            return ConcatTokens(parts)
         tokens = _memmap(self.folder / f"{split}.bin", self.dtype)
-        expected = self.manifest["splits"].get(split, {}).get("tokens")
+        expected = entry.get("tokens")
         if expected is not None and len(tokens) != expected:
             raise DataError(f"{self.folder / (split + '.bin')} holds {len(tokens):,} tokens but manifest.json says "
                             f"{expected:,}; the data changed or is damaged - re-run `lmforge prepare`")

@@ -26,7 +26,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from .. import io as lio
-from ..errors import DataError, LmforgeError
+from ..errors import ConfigError, DataError, LmforgeError
 from ..tokenizer import Tokenizer
 from ..corpus import CorpusReader, read_pairs_jsonl, read_parallel
 
@@ -52,25 +52,49 @@ def _naming(path: Path) -> Iterator[None]:
 
 @dataclass
 class _SplitWriter:
-    """Appends token arrays to `<name>.bin` under a temporary name; renamed into place at the end."""
+    """Appends token arrays to `<name>.bin` (or, with `shard_tokens`, to `<name>-00000.bin`, `<name>-00001.bin`, ...
+    of at most that many tokens each) under temporary names; `commit` renames them into place at the end."""
 
     path: Path
     dtype: np.dtype
+    shard_tokens: int | None = None
     tokens: int = 0
     documents: int = 0
     _file: object = None
 
     def __post_init__(self) -> None:
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self._file = open(self.tmp, "wb")
+        self.shards: list[list] = []  # [final path, temporary path, tokens]
+        self._open()
+
+    def _open(self) -> None:
+        final = self.path if self.shard_tokens is None else \
+            self.path.with_name(f"{self.path.stem}-{len(self.shards):05d}{self.path.suffix}")
+        tmp = final.with_name(final.name + ".tmp")
+        self.shards.append([final, tmp, 0])
+        self._file = open(tmp, "wb")
+
+    @property
+    def tmp(self) -> Path:
+        return self.shards[-1][1]
 
     def write(self, ids: np.ndarray) -> None:
-        with _naming(self.path):
-            self._file.write(ids.astype(self.dtype, copy=False).tobytes())
-        self.tokens += len(ids)
+        while len(ids):
+            shard = self.shards[-1]
+            room = len(ids) if self.shard_tokens is None else self.shard_tokens - shard[2]
+            if room == 0:
+                self.close()
+                self._open()
+                continue
+            chunk, ids = ids[:room], ids[room:]
+            with _naming(shard[0]):
+                self._file.write(chunk.astype(self.dtype, copy=False).tobytes())
+            shard[2] += len(chunk)
+            self.tokens += len(chunk)
 
     def close(self) -> None:
-        with _naming(self.path):
+        if self._file.closed:
+            return
+        with _naming(self.shards[-1][0]):
             self._file.flush()
             os.fsync(self._file.fileno())
         self._file.close()
@@ -79,7 +103,39 @@ class _SplitWriter:
         if not self._file.closed:
             with contextlib.suppress(OSError):  # (closing flushes, which fails again on a full disk)
                 self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        for _, tmp, _ in self.shards:
+            tmp.unlink(missing_ok=True)
+
+    def take_tail(self, count: int) -> np.ndarray:
+        """Remove the last `count` tokens (the writer is closed) and return them."""
+        pieces = []
+        while count and self.shards:
+            final, tmp, n = self.shards[-1]
+            take = min(count, n)
+            data = np.memmap(tmp, dtype=self.dtype, mode="r") if n else np.zeros(0, self.dtype)
+            pieces.append(np.array(data[n - take:]))
+            del data
+            with open(tmp, "r+b") as f:
+                f.truncate((n - take) * self.dtype.itemsize)
+            self.shards[-1][2] -= take
+            self.tokens -= take
+            count -= take
+            if self.shards[-1][2] == 0 and len(self.shards) > 1:
+                tmp.unlink()
+                self.shards.pop()
+        return np.concatenate(pieces[::-1]) if pieces else np.zeros(0, self.dtype)
+
+    def commit(self) -> None:
+        for final, tmp, _ in self.shards:
+            os.replace(tmp, final)
+
+    def entry(self) -> dict:
+        """The split's entry in manifest.json."""
+        entry = {"file": self.path.name, "tokens": self.tokens, "documents": self.documents}
+        if self.shard_tokens is not None:
+            entry = {"files": [final.name for final, _, _ in self.shards], "file_tokens": [n for _, _, n in self.shards],
+                     "tokens": self.tokens, "documents": self.documents}
+        return entry
 
 
 @dataclass
@@ -146,12 +202,18 @@ def prepare_corpus(
     overwrite: bool = False,
     progress: bool = True,
     batch_chars: int = 4 << 20,
+    shard_tokens: int | None = None,
 ) -> dict:
-    """Tokenize documents into train/val token files; returns the manifest."""
+    """Tokenize documents into train/val token files (`shard_tokens`: files of at most that many tokens each);
+    returns the manifest."""
     from tqdm.auto import tqdm
 
     if not 0.0 <= val_fraction < 1.0:
         raise LmforgeError(f"val_fraction={val_fraction} is out of range; use 0 <= val_fraction < 1 (0.1 is typical)")
+    if shard_tokens is not None and (isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int)
+                                     or shard_tokens < 1024):
+        raise ConfigError(f"--shard-tokens={shard_tokens!r}: give a whole number of tokens per file, at least 1024 "
+                          "(e.g. 100000000)")
     out = lio.check_output(out, what="prepared data", overwrite=overwrite, ours=is_prepared, inputs=inputs)
     reader = CorpusReader(inputs, text_field=text_field, doc_split=doc_split, clean=clean, normalize=normalize,
                           dedup=dedup, encoding=encoding, skip_bad_files=skip_bad_files, glob=glob)
@@ -159,7 +221,7 @@ def prepare_corpus(
         if split_by == "auto":
             split_by = "tail" if reader.single_document() else "docs"
         dtype = token_dtype(tokenizer.vocab_size)
-        writers = {name: _SplitWriter(out / f"{name}.bin", dtype) for name in ("train", "val")}
+        writers = {name: _SplitWriter(out / f"{name}.bin", dtype, shard_tokens) for name in ("train", "val")}
         stats = _Stats(tokenizer.vocab_size)
         rng = np.random.default_rng(seed)
         prefix, suffix = tokenizer.doc_prefix, tokenizer.doc_suffix
@@ -188,10 +250,10 @@ def prepare_corpus(
             for w in writers.values():
                 w.close()
             if val_fraction > 0 and (split_by == "tail" or writers["val"].tokens == 0):
-                _move_tail(writers["train"], writers["val"], val_fraction, dtype)
+                _move_tail(writers["train"], writers["val"], val_fraction)
                 split_by = "tail"
             for w in writers.values():
-                os.replace(w.tmp, w.path)
+                w.commit()
         except BaseException:
             bar.close()
             for w in writers.values():
@@ -206,8 +268,7 @@ def prepare_corpus(
             "kind": "tokens",
             "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.vocab_size, "kind": tokenizer.kind},
             "dtype": dtype.name,
-            "splits": {name: {"file": w.path.name, "tokens": w.tokens, "documents": w.documents}
-                       for name, w in writers.items()},
+            "splits": {name: w.entry() for name, w in writers.items()},
             "sources": [str(Path(f).resolve()) for f in reader.files],
             "options": {"val_fraction": val_fraction, "seed": seed, "split_by": split_by, "doc_split": doc_split,
                         "clean": clean, "normalize": normalize if clean else None, "dedup": dedup,
@@ -222,20 +283,17 @@ def prepare_corpus(
         return manifest
 
 
-def _move_tail(train: _SplitWriter, val: _SplitWriter, fraction: float, dtype: np.dtype) -> None:
-    """Move the last `fraction` of the train tokens (and any val tokens) so val is the tail of the stream."""
+def _move_tail(train: _SplitWriter, val: _SplitWriter, fraction: float) -> None:
+    """Move the last `fraction` of the train tokens after any val tokens, so val ends with the tail of the stream
+    (both writers closed)."""
     n_val = int(train.tokens * fraction)
     if n_val == 0:
         return
-    data = np.memmap(train.tmp, dtype=dtype, mode="r")
-    keep = train.tokens - n_val
-    with open(val.tmp, "ab") as f:
-        for i in range(keep, train.tokens, 1 << 24):
-            f.write(np.asarray(data[i:min(i + (1 << 24), train.tokens)]).tobytes())
-    del data
-    with open(train.tmp, "r+b") as f:
-        f.truncate(keep * dtype.itemsize)
-    train.tokens, val.tokens = keep, val.tokens + n_val
+    tail = train.take_tail(n_val)
+    val._file = open(val.tmp, "ab")
+    for i in range(0, len(tail), 1 << 24):
+        val.write(tail[i:i + (1 << 24)])
+    val.close()
     val.documents = max(val.documents, 1)
 
 
@@ -287,7 +345,7 @@ def prepare_pairs(
                 raise DataError("no training pairs; give aligned source/target files with content")
             for key, w in files.items():
                 w.close()
-                os.replace(w.tmp, w.path)
+                w.commit()
                 with lio.atomic_write(out / f"{key[0]}.{key[1]}.idx", "wb") as f:
                     f.write(np.asarray(offsets[key], dtype=np.int64).tobytes())
         except BaseException:
@@ -334,6 +392,15 @@ def read_manifest(folder: str | os.PathLike) -> dict:
             not all(isinstance(s, dict) and all(isinstance(s.get(c), int) for c in counts) for s in splits.values()):
         raise DataError(f"{path} is damaged (kind, dtype, tokenizer or split counts are missing or of the wrong type); "
                         "re-run `lmforge prepare`")
+    for name, split in splits.items():
+        files, counts = split.get("files"), split.get("file_tokens")
+        if files is None:
+            continue
+        if not (isinstance(files, list) and isinstance(counts, list) and len(files) == len(counts) and files
+                and all(isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..") for f in files)
+                and all(isinstance(n, int) and n >= 0 for n in counts) and sum(counts) == split["tokens"]):
+            raise DataError(f"{path} is damaged: split {name!r} lists its token files wrongly (plain file names in this "
+                            "folder, with token counts adding up to the split's); re-run `lmforge prepare`")
     return manifest
 
 
@@ -367,6 +434,7 @@ def prepare(
     glob: str | None = None,
     encoding: str = "utf-8",
     pairs: bool = False,
+    shard_tokens: int | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Tokenize a corpus into memory-mapped token files with a train/val split and a manifest.
@@ -391,11 +459,15 @@ def prepare(
         glob: pattern of files to take from folders (default: text, markdown, Python and JSONL files)
         encoding: text encoding of the input files
         pairs: the inputs are JSONL source/target records for seq2seq
+        shard_tokens: write each split as files of at most this many tokens (train-00000.bin, ...), e.g. to spread
+            a large corpus over disks (link the files); training reads them as one stream
         overwrite: replace prepared data already in --out
     """
     if not tokenizer or not out:
         raise LmforgeError("prepare needs --tokenizer and --out; e.g. lmforge prepare corpus.txt --tokenizer tok/ --out data/")
     tok = Tokenizer.load(tokenizer)
+    if shard_tokens is not None and (source or target or pairs):
+        raise ConfigError("--shard-tokens splits token streams; pair data (--source/--target, --pairs) is written whole")
     if source or target:
         if not (source and target):
             raise LmforgeError("--source and --target go together: give both aligned files")
@@ -417,7 +489,7 @@ def prepare(
         manifest = prepare_corpus(inputs, tok, out, val_fraction=val_fraction, seed=seed, split_by=split_by,
                                   text_field=text_field, doc_split=doc_split, clean=clean, normalize=normalize,
                                   dedup=dedup, skip_bad_files=skip_bad_files, glob=glob, encoding=encoding,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, shard_tokens=shard_tokens)
     print(summary(manifest, out))
     return manifest
 

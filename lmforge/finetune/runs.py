@@ -30,7 +30,8 @@ from ..model.word_vectors import init_embeddings
 from ..tokenizer import SPECIALS, Tokenizer, train_tokenizer
 from ..train.logs import read_metrics
 from ..train.runs import build_config, check_out_folder, clear_run, new_run, read_run, record_run, write_run
-from ..train.trainer import Trainer, setup_distributed
+from ..train.distributed import setup_distributed
+from ..train.trainer import Trainer
 from .data import sha256_files
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs
 from .task import TaskContext, TaskParts, TaskSpec

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ModelConfig
@@ -24,6 +25,7 @@ from .blocks import AttnMask, Block, Rotary, activation_fn, build_attn_mask, mak
 from .cache import KVCache
 from .fast import Linear, linear
 from .lora import apply_lora
+from .quant import apply_quant_layout
 
 
 class Stack(nn.Module):
@@ -46,6 +48,7 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(Block(config, cross=cross) for _ in range(n_unique))
         self.final_norm = make_norm(config) if config.use_final_norm else None
         self.embed_scale = math.sqrt(d) if config.embed_scale else 1.0
+        self.checkpointing = False  # activation checkpointing in training (Transformer.set_activation_checkpointing)
 
     def block(self, i: int) -> Block:
         """Layer i; with ALBERT-style sharing, consecutive layers reuse the same block."""
@@ -71,13 +74,16 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, start + T):
+        # ONNX export (export/onnx.py) traces with symbolic sizes: no checks that would guard on them, and the mask,
+        # always given there, always applied (whether a mask is all ones depends on the data)
+        exporting = torch.compiler.is_exporting()
+        if not exporting and attention_mask is not None and tuple(attention_mask.shape) != (B, start + T):
             raise LmforgeError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must be (batch, cached + "
                                f"new tokens) = {(B, start + T)}")
-        if start + T > self.config.context_length:
+        if not exporting and start + T > self.config.context_length:
             raise LmforgeError(f"sequence of {start + T} tokens is longer than the model's context_length="
                                f"{self.config.context_length}; truncate the input or use a longer context")
-        if attention_mask is not None and bool(attention_mask.all()):
+        if not exporting and attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # no padding: the fast unmasked path
         if position_ids is None:
             position_ids = self.positions(attention_mask, T, start, input_ids.device)
@@ -102,8 +108,13 @@ class Stack(nn.Module):
         if memory is not None:
             cross_mask = build_attn_mask(T, memory.shape[1], causal=False, key_padding=memory_mask,
                                          device=x.device)
+        recompute = self.checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i in range(self.n_layers):
-            x = self.block(i)(x, mask, rope, cache, i, memory, cross_mask)
+            if recompute:  # keep only the block's input; its activations are recomputed in the backward pass
+                x = torch.utils.checkpoint.checkpoint(self.block(i), x, mask, rope, None, i, memory, cross_mask,
+                                                      use_reentrant=False)
+            else:
+                x = self.block(i)(x, mask, rope, cache, i, memory, cross_mask)
         if cache is not None:
             cache.advance(T)
         if self.final_norm is not None:
@@ -134,6 +145,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.tok_embed.weight
         if config.lora:  # LoRA layer swap, rebuilt from the config
             apply_lora(self, **config.lora)
+        if config.quant:  # quantized layers, rebuilt empty from the config (the checkpoint fills them)
+            apply_quant_layout(self, config.quant)
 
     # ---- construction ---------------------------------------------------------------------------------
     def _build_head(self, config: ModelConfig) -> None:
@@ -158,8 +171,9 @@ class Transformer(nn.Module):
                 self.relation_classifier = nn.Linear(3 * d, len(config.relation_labels) + 1)
 
     @property
-    def tied(self) -> bool:
-        return self.config.tie_embeddings and self.lm_head is not None
+    def tied(self) -> bool:  # (a quantized LM head holds its own integers, no longer the embedding)
+        return (self.config.tie_embeddings and self.lm_head is not None
+                and "lm_head" not in (self.config.quant or {}).get("layers", {}))
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
@@ -366,6 +380,14 @@ class Transformer(nn.Module):
                                    f"{self.config.vocab_size - 1} (is the tokenizer the model's own?)")
 
     # ---- weights --------------------------------------------------------------------------------------
+    def set_activation_checkpointing(self, enabled: bool = True) -> "Transformer":
+        """Recompute every block's activations in the backward pass (training only): memory for activations drops
+        from one set per layer to one per model, for about a third more compute; results are unchanged."""
+        for stack in (self.encoder, self.decoder):
+            if stack is not None:
+                stack.checkpointing = enabled
+        return self
+
     def tied_keys(self) -> set[str]:
         return {"lm_head.weight"} if self.tied else set()
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..data.batches import PairSet, PreparedData, TokenWindows, mask_tokens
+from ..data.stream import JsonlStream, StreamWindows
 from ..errors import ConfigError, DataError, with_article
 from ..model import Transformer, cross_entropy
 from ..tokenizer import Tokenizer
@@ -55,18 +56,48 @@ class Objective:
     def samples_per_epoch(self) -> int:
         raise NotImplementedError
 
+    def data_state(self) -> dict | None:
+        """Where this process's readers of streamed data stand (None: batches are pure functions of the step)."""
+        return None
 
-class CausalLM(Objective):
+    def load_data_state(self, state: dict | None, samples_seen: int) -> None:
+        """Continue streamed data from `data_state()`s merged over processes, at `samples_seen` samples."""
+
+
+def _train_windows(train: np.ndarray | JsonlStream, length: int, seed: int, extra: int) -> TokenWindows | StreamWindows:
+    """Training windows from token files (shuffled per epoch) or from a streamed corpus (read in order)."""
+    if isinstance(train, JsonlStream):
+        return StreamWindows(train, length, extra)
+    return TokenWindows(train, length, seed, "train")
+
+
+class _Windowed(Objective):
+    """An objective over windows of a token stream (prepared token files or a streamed corpus)."""
+
+    train: TokenWindows | StreamWindows
+
+    def samples_per_epoch(self) -> int:
+        if isinstance(self.train, StreamWindows):
+            raise ConfigError("--epochs needs data of known size, and a streamed corpus is read as it comes; give "
+                              "--max-steps")
+        return self.train.per_epoch
+
+    def data_state(self) -> dict | None:
+        return self.train.state() if isinstance(self.train, StreamWindows) else None
+
+    def load_data_state(self, state: dict | None, samples_seen: int) -> None:
+        if isinstance(self.train, StreamWindows):
+            self.train.load(state, samples_seen)
+
+
+class CausalLM(_Windowed):
     """Next-token prediction on windows of a packed token stream."""
 
     name = "clm"
 
-    def __init__(self, train: np.ndarray, val: np.ndarray | None, context: int, seed: int) -> None:
-        self.train = TokenWindows(train, context, seed, "train")
+    def __init__(self, train: np.ndarray | JsonlStream, val: np.ndarray | None, context: int, seed: int) -> None:
+        self.train = _train_windows(train, context, seed, extra=1)
         self.val = TokenWindows(val, context, seed, "val") if val is not None and len(val) > 1 else None
-
-    def samples_per_epoch(self) -> int:
-        return self.train.per_epoch
 
     def batch(self, first: int, size: int) -> Batch:
         w = self.train.windows(first, size)  # (B, T + 1)
@@ -87,7 +118,7 @@ class CausalLM(Objective):
         return cross_entropy(logits, batch["labels"]), self.count(batch)
 
 
-class MaskedLM(Objective):
+class MaskedLM(_Windowed):
     """BERT's masked LM (15%, 80/10/10) with optional next-sentence prediction, on windows of a token stream."""
 
     name = "mlm"
@@ -102,14 +133,14 @@ class MaskedLM(Objective):
             raise DataError("masked LM needs [CLS]/[SEP] (or BOS/EOS) tokens; train the tokenizer with --arch encoder")
         self.nsp = nsp
         self.inner = context - (3 if nsp else 2)
-        self.train = TokenWindows(train, self.inner, seed, "train")
+        if nsp and isinstance(train, JsonlStream):
+            raise DataError("--nsp draws second segments from anywhere in the corpus, which a stream cannot; prepare the "
+                            "data with `lmforge prepare`, or train without --nsp")
+        self.train = _train_windows(train, self.inner, seed, extra=0)
         self.val = TokenWindows(val, self.inner, seed + 1, "val") if val is not None and len(val) > self.inner else None
         self.seed, self.probability = seed, probability
         self.vocab_size, self.mask_id = tokenizer.vocab_size, tokenizer.mask_id
         self.special = tokenizer.special_ids
-
-    def samples_per_epoch(self) -> int:
-        return self.train.per_epoch
 
     def _row(self, window: torch.Tensor, sample: int, source: TokenWindows) -> tuple[torch.Tensor, ...]:
         """One masked sequence; every random draw comes from a generator seeded by the sample's index, so a

@@ -37,6 +37,11 @@ class TrainConfig:
     log_every: int = _opt(10, "log training metrics every N steps")
     seed: int = _opt(1337, "seed for initialisation, data order, masking and dropout")
     compile: bool = _opt(False, "torch.compile the model")
+    strategy: Literal["ddp", "fsdp"] = _opt("ddp", "under torchrun: ddp replicates the model in every process; fsdp "
+                                                   "(FSDP2) shards weights, gradients and optimizer state across them, "
+                                                   "and writes sharded checkpoints")
+    activation_checkpointing: bool = _opt(False, "recompute each block's activations in the backward pass instead of "
+                                                 "keeping them (less memory, about a third more compute)")
     device: str = _opt("auto", "cpu | cuda | cuda:N | mps | auto")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = _opt("auto", "autocast dtype (auto: bf16 where the hardware has native bf16 matmul: CUDA, CPUs with AVX512-BF16/AMX; else fp32)")
     label_smoothing: float = _opt(0.0, "label smoothing for seq2seq and classification losses")

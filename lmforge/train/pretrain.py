@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from ..config import ModelConfig, parse_overrides
-from ..errors import ConfigError, LmforgeError
+from ..errors import ConfigError, FileError, LmforgeError
 from .options import TrainConfig
 
 if TYPE_CHECKING:  # the library is imported inside the functions, so `lmforge pretrain --help` stays cheap
@@ -33,12 +33,16 @@ def pretrain(
     objective: ObjectiveName = "auto",
     set_: list[str] | None = None,
     overwrite: bool = False,
+    tokenizer: str | None = None,
+    val_data: str | None = None,
+    text_field: str = "text",
     train: TrainConfig | None = None,
 ) -> dict[str, Any]:
-    """Pretrain a model on prepared data: causal LM, masked LM (+ NSP) or seq2seq.
+    """Pretrain a model on prepared data, or on JSONL streamed as it is read: causal LM, masked LM (+ NSP) or seq2seq.
 
     Args:
-        data: prepared data folder (from `lmforge prepare`)
+        data: prepared data folder (from `lmforge prepare`), or JSONL files (a file or a folder) to stream with
+            --tokenizer
         out: run folder for checkpoints, logs and plots
         model: preset to build (gpt-mini, gpt2-124m, llama-tiny, bert-mini, bert-base, transformer-base, ...)
         resume: a run folder to continue exactly where it stopped (other options come from its run.json)
@@ -46,17 +50,21 @@ def pretrain(
         objective: clm, mlm or seq2seq; auto picks the one of the model's architecture
         set_: override a model config field of the preset, e.g. --set n_layer=4 --set d_model=128
         overwrite: replace a run that already exists in --out
+        tokenizer: streaming: the tokenizer (a folder with tokenizer.json, or a checkpoint; default: --init's)
+        val_data: streaming: a JSONL file to evaluate on
+        text_field: streaming: the JSONL field that holds the text
     """
     import torch
 
     from ..data.batches import PreparedData
     from ..data.prepare import check_tokenizer
+    from ..data.stream import StreamData
     from ..loading import load
     from ..model import Transformer
     from ..model.meta import check_fits_in_memory
     from .objectives import EXAMPLES, check_objective, default_objective
     from .runs import build_config, check_out_folder, clear_run, new_run, write_run
-    from .trainer import setup_distributed
+    from .distributed import setup_distributed
 
     train = train or TrainConfig()
     if not isinstance(train, TrainConfig):
@@ -64,7 +72,8 @@ def pretrain(
                           f"{type(train).__name__}")
     if resume:
         given = {"--data": data, "--out": out, "--init": init, "--set": set_, "--overwrite": overwrite,
-                 "--objective": objective != "auto", "--model": model != "gpt-mini"}
+                 "--objective": objective != "auto", "--model": model != "gpt-mini", "--tokenizer": tokenizer,
+                 "--val-data": val_data, "--text-field": text_field != "text"}
         if any(given.values()):
             raise ConfigError(f"{', '.join(k for k, v in given.items() if v)} cannot be given with --resume: the run "
                               "continues with its own model and data (start a new run to change them)")
@@ -77,12 +86,30 @@ def pretrain(
     if dist.main:
         check_out_folder(out_path, overwrite)
     dist.barrier()
-    prepared = PreparedData(data)
-    tokenizer = prepared.tokenizer()
+    streamed = not (Path(data) / "manifest.json").exists() and (tokenizer is not None or Path(data).is_file())
+    if not streamed and (tokenizer or val_data or text_field != "text"):
+        raise ConfigError(f"--tokenizer, --val-data and --text-field are for streamed JSONL; {data} is prepared data, "
+                          "which has its own tokenizer and val split")
     torch.manual_seed(train.seed)
+    net = load(init) if init else None
+    if streamed:
+        tokenizer_source = tokenizer or init
+        if tokenizer_source is None:
+            raise ConfigError(f"streaming {data} needs --tokenizer (a folder with tokenizer.json, e.g. from `lmforge "
+                              "tokenizer train`), or prepare it first with `lmforge prepare`")
+        tok = net.tokenizer if tokenizer is None else _load_tokenizer(tokenizer)
+        if tok is None:
+            raise ConfigError(f"{init} has no tokenizer to stream {data} with; give --tokenizer")
+        if net is not None and net.tokenizer is not None and net.tokenizer.sha256 != tok.sha256:
+            raise ConfigError(f"--tokenizer {tokenizer} is not the tokenizer of {init}; leave --tokenizer out to use "
+                              "the checkpoint's own")
+        prepared: Any = StreamData(data, tok, train.batch_size * train.grad_accum * dist.world, text_field, val_data)
+    else:
+        prepared = PreparedData(data)
+        tok = prepared.tokenizer()
+    tokenizer = tok
     if init:
-        net = load(init)
-        if net.tokenizer is not None:
+        if net.tokenizer is not None and not streamed:
             check_tokenizer(prepared.manifest, net.tokenizer, data, init)
         config = net.config
         overrides = parse_overrides(set_)
@@ -117,9 +144,11 @@ def pretrain(
         clear_run(out_path)  # everything above is checked: only now does an earlier run (--overwrite) go
     with new_run(out_path):
         if dist.main:
+            stream = {"tokenizer": str(Path(tokenizer_source).resolve()), "val_data": str(Path(val_data).resolve())
+                      if val_data else None, "text_field": text_field, "shards": prepared.shards} if streamed else None
             write_run(out_path, "pretrain", name, str(Path(data).resolve()), config, train,
                       model=model if not init else None, init=str(Path(init).resolve()) if init else None,
-                      tokenizer_sha256=tokenizer.sha256, data_sha256=_data_digest(data))
+                      tokenizer_sha256=tokenizer.sha256, data_sha256=_data_digest(prepared), stream=stream)
         dist.barrier()
         return _run(net, obj, train, out_path, tokenizer, resume=False)
 
@@ -128,6 +157,7 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     import torch
 
     from ..data.batches import PreparedData
+    from ..data.stream import StreamData
     from ..model import Transformer
     from .runs import read_run, record_run
 
@@ -136,14 +166,24 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
         raise LmforgeError(f"{run / 'run.json'} is damaged: objective {info['objective']!r} is none of clm | mlm | "
                            "seq2seq")
     if not Path(info["data"]).exists():
-        raise LmforgeError(f"the run's data folder {info['data']} is gone; restore it to resume")
-    prepared = PreparedData(info["data"])
-    tokenizer = prepared.tokenizer()
+        raise LmforgeError(f"the run's data {info['data']} is gone; restore it to resume")
+    stream = info.get("stream")
+    if stream is not None and not (isinstance(stream, dict) and isinstance(stream.get("tokenizer"), str) and
+                                   isinstance(stream.get("shards"), int) and isinstance(stream.get("text_field"), str)):
+        raise FileError(f"{run / 'run.json'} is damaged (its 'stream' entry lacks tokenizer, shards or text_field); the "
+                        "run cannot be resumed from it")
+    if stream:
+        tokenizer = _load_tokenizer(stream["tokenizer"])
+        prepared: Any = StreamData(info["data"], tokenizer, stream["shards"], stream["text_field"], stream["val_data"])
+    else:
+        prepared = PreparedData(info["data"])
+        tokenizer = prepared.tokenizer()
     if tokenizer.sha256 != info.get("tokenizer_sha256"):
-        raise LmforgeError(f"{info['data']} now holds data of another tokenizer than the run used; restore the data")
-    if info.get("data_sha256") not in (None, _data_digest(info["data"])):
-        raise LmforgeError(f"{info['data']} changed since the run started (its manifest or token files differ); restore "
-                           "the data to resume exactly, or start a new run")
+        raise LmforgeError(f"{stream['tokenizer'] if stream else info['data']} now holds another tokenizer than the run "
+                           "used; restore it")
+    if info.get("data_sha256") not in (None, _data_digest(prepared)):
+        raise LmforgeError(f"{info['data']} changed since the run started ({'its files differ' if stream else 'its manifest or token files differ'}); "
+                           "restore the data to resume exactly, or start a new run")
     config = ModelConfig.from_dict(info["model_config"])
     torch.manual_seed(train.seed)
     net = Transformer(config)
@@ -151,14 +191,28 @@ def _resume(run: Path, overrides: TrainConfig) -> dict[str, Any]:
     return _run(net, obj, train, run, tokenizer, resume=True, ready=lambda: record_run(run, info))
 
 
-def _data_digest(folder: str) -> str:
-    """A fingerprint of prepared data: its manifest and the sizes of its files (hashing the tokens would cost a full
-    read of a large corpus; a changed corpus changes its manifest's counts or the files' sizes)."""
+def _load_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer folder (tokenizer.json), or a checkpoint / run folder's tokenizer."""
+    from ..checkpoint import resolve_checkpoint
+    from ..tokenizer import Tokenizer
+
+    folder = Path(path)
+    if folder.is_dir() and not (folder / "tokenizer.json").exists():
+        folder = resolve_checkpoint(folder)
+    return Tokenizer.load(folder)
+
+
+def _data_digest(data: Any) -> str:
+    """A fingerprint of the data: of prepared data, its manifest and the sizes of its files (hashing the tokens would
+    cost a full read of a large corpus; a changed corpus changes its manifest's counts or the files' sizes); of a
+    streamed corpus, its files' names, sizes and times."""
     import hashlib
 
     from .. import io as lio
 
-    root = Path(folder)
+    if hasattr(data, "digest"):
+        return data.digest()
+    root = Path(data.folder)
     digest = hashlib.sha256(lio.sha256_file(root / "manifest.json").encode())
     for file in sorted(root.glob("*.bin")):
         digest.update(f"{file.name}:{file.stat().st_size}".encode())

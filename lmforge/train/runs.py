@@ -19,7 +19,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, FileError, LmforgeError
 from ..tokenizer import Tokenizer
 from .options import TrainConfig
-from .trainer import setup_distributed
+from .distributed import setup_distributed
 
 RUN_FILE = "run.json"
 RUN_FILES = (RUN_FILE, "last", "best", "metrics.jsonl", "metrics.csv", "tensorboard", "loss.png", "summary.json")
@@ -68,7 +68,9 @@ def write_run(out: Path, command: str, objective: str, data: str | None, model_c
         "created": datetime.datetime.now().isoformat(timespec="seconds")})
 
 
-RESUME_OPTIONS = ("max_steps", "max_time", "progress", "device", "threads")  # what a resuming command may change
+# what a resuming command may change (the batch split only so that the step's size stays: another number of processes)
+RESUME_OPTIONS = ("max_steps", "max_time", "progress", "device", "threads", "batch_size", "grad_accum",
+                  "activation_checkpointing")
 
 
 def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = TrainConfig,
@@ -100,9 +102,12 @@ def read_run(run: Path, overrides: TrainConfig, config_cls: type[TrainConfig] = 
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
         raise ConfigError(f"{flags}: a resumed run keeps the options it started with ({', '.join(f'{k}={current[k]}' for k in changed)}); "
-                          "with --resume only --max-steps, --max-time, --device, --threads and --progress change")
+                          "with --resume only --max-steps, --max-time, --device, --threads, --progress, "
+                          "--activation-checkpointing and (keeping the step's size) --batch-size/--grad-accum change")
     changes = {k: given[k] for k in ("max_steps", "max_time", "threads") if given[k] is not None}
     changes["progress"] = overrides.progress
+    changes.update({k: given[k] for k in ("batch_size", "grad_accum", "activation_checkpointing")
+                    if given[k] != defaults[k]})
     if overrides.device != "auto":
         changes["device"] = overrides.device
     train = config_cls.from_dict({**current, **changes})

@@ -27,17 +27,20 @@ import torch
 from torch import nn
 
 from .. import io as lio
-from ..checkpoint import write_checkpoint
+from ..checkpoint import SHARDED_WEIGHTS, write_checkpoint
 from ..config import check_field_types
 from ..device import native_bf16, parse_dtype, resolve_device
-from ..tensor_io import save_safetensors
+from ..tensor_io import save_safetensors, save_sharded
 from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..model import Transformer
+from .distributed import (collective_dir, gradient_sync, load_model_state, load_optimizer_state_shards, model_state,
+                          optimizer_state_shards, parallelize, setup_distributed, whole_weights)
 from .logs import MetricsLogger, plot_losses
 from .objectives import Objective
 from .options import TrainConfig
 
 STATE_DIR = "state"
+SHARDED_OPTIMIZER = "optimizer.dcp"
 
 
 @dataclass
@@ -49,44 +52,6 @@ class TrainState:
     best_step: int = 0
     bad_evals: int = 0
     stopped_early: bool = False
-
-
-# ---- distributed ---------------------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> "Dist":
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                   int(os.environ.get("LOCAL_RANK", "0")))
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            torch.distributed.all_reduce(value)
-        return value
-
-
-def setup_distributed() -> Dist:
-    """Read torchrun's environment and join the process group (NCCL on GPUs, gloo on CPUs); idempotent."""
-    dist = Dist.from_env()
-    if dist.world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(dist.local_rank)
-        torch.distributed.init_process_group(backend)
-    return dist
 
 
 # ---- optimizer and schedule ----------------------------------------------------------------------------
@@ -266,31 +231,33 @@ class Trainer:
         self.device = resolve_device(config.device if self.dist.world == 1 or config.device != "auto" else
                                      (f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"))
         self.amp_dtype = self._amp_dtype(config.dtype)
+        self.sharded = config.strategy == "fsdp"  # sharded checkpoints (in one process too, so a run can change size)
+        if self.sharded and self.amp_dtype == torch.float16:
+            raise ConfigError("--strategy fsdp trains in bf16 or fp32 (fp16 needs loss scaling it does not do here); "
+                              "use --dtype bf16")
         self.model = model.to(self.device)
+        if config.activation_checkpointing:
+            self.model.set_activation_checkpointing(True)
         self.state = TrainState()
         self.max_steps = self._max_steps()
         if config.warmup_steps >= self.max_steps and self.dist.main and not resume:
             print(f"note: --warmup-steps={config.warmup_steps} is not shorter than the run ({self.max_steps} steps): the "
                   f"learning rate never reaches --lr={config.lr:g}", flush=True)
-        if resume:
+        if resume and not self.sharded:
             self._load_weights_for_resume()
-        self.optimizer = build_optimizer(self.model, config, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        if resume:
-            self._load_state()
-        # the loss is computed inside one module's forward, so DDP sees every use of the weights, whatever
-        # methods of the model an objective calls (masked LM uses encode + the head on masked positions)
-        self.train_model: nn.Module = ObjectiveModule(self.model, objective)
         if config.compile:
             for stack in (self.model.encoder, self.model.decoder):
                 if stack is not None:
                     for block in stack.layers:
                         block.compile()
-        if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index]
-                                                       if self.device.type == "cuda" else None)
+        # the loss is computed inside one module's forward, so DDP and FSDP see every use of the weights, whatever
+        # methods of the model an objective calls (masked LM uses encode + the head on masked positions)
+        self.train_model: nn.Module = parallelize(ObjectiveModule(self.model, objective), self.model, config.strategy,
+                                                  self.device, self.amp_dtype)
+        self.optimizer = build_optimizer(self.model, config, self.device)  # (after FSDP: its parameters are shards)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if resume:
+            self._load_state()
 
     # ---- setup helpers ---------------------------------------------------------------------------------
     def _amp_dtype(self, name: str) -> torch.dtype | None:
@@ -327,26 +294,49 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def save_last(self) -> None:
-        if self.dist.main:
-            opt_tensors, opt_meta = optimizer_state(self.optimizer)
-            rng_tensors, rng_meta = rng_state()
-            with lio.atomic_dir(self.out / "last") as tmp:
-                write_checkpoint(tmp, self.model, self.tokenizer)
-                (tmp / STATE_DIR).mkdir()
-                save_safetensors(opt_tensors, tmp / STATE_DIR / "optimizer.safetensors")
+        data_state = self.objective.data_state()
+        if data_state is not None:  # each process's readers of streamed data: together, the whole position
+            data_state = {k: v for part in self.dist.gather(data_state) for k, v in part.items()}
+        opt = optimizer_state_shards(self.model, self.optimizer) if self.sharded else None
+        with self._checkpoint_dir(self.out / "last") as tmp:
+            if self.sharded:
+                save_sharded(opt, tmp / STATE_DIR / SHARDED_OPTIMIZER)
+            if self.dist.main:
+                (tmp / STATE_DIR).mkdir(exist_ok=True)
+                if not self.sharded:
+                    opt_tensors, opt_meta = optimizer_state(self.optimizer)
+                    save_safetensors(opt_tensors, tmp / STATE_DIR / "optimizer.safetensors")
+                rng_tensors, rng_meta = rng_state()
                 save_safetensors(rng_tensors, tmp / STATE_DIR / "rng.safetensors")
                 lio.write_json(tmp / STATE_DIR / "trainer_state.json", {
-                    "state": asdict(self.state), "optimizer": opt_meta, "rng": rng_meta,
+                    "state": asdict(self.state), "optimizer": None if self.sharded else opt_meta, "rng": rng_meta,
                     "max_steps": self.max_steps, "samples_seen": self.state.step * self.samples_per_step,
-                    "scaler": self.scaler.state_dict() if self.scaler else None,
+                    "samples_per_step": self.samples_per_step, "world_size": self.dist.world,
+                    "data": data_state, "scaler": self.scaler.state_dict() if self.scaler else None,
                 })
-        self.dist.barrier()
 
     def save_best(self) -> None:
-        if self.dist.main:
-            with lio.atomic_dir(self.out / "best") as tmp:
-                write_checkpoint(tmp, self.model, self.tokenizer)
-        self.dist.barrier()
+        with self._checkpoint_dir(self.out / "best"):
+            pass
+
+    @contextlib.contextmanager
+    def _checkpoint_dir(self, path: Path) -> Iterator[Path]:
+        """A checkpoint folder with the model (whole from rank 0, or sharded from every process) swapped in
+        atomically for `path` once the caller has added to it."""
+        if not self.sharded:
+            if self.dist.main:
+                with lio.atomic_dir(path) as tmp:
+                    write_checkpoint(tmp, self.model, self.tokenizer)
+                    yield tmp
+            else:
+                yield lio.scratch_paths(path)[0]
+            self.dist.barrier()
+            return
+        with collective_dir(path, self.dist) as tmp:
+            save_sharded(model_state(self.model), tmp / SHARDED_WEIGHTS)
+            if self.dist.main:
+                write_checkpoint(tmp, self.model, self.tokenizer, weights=False)
+            yield tmp
 
     def _last_dir(self) -> Path:
         last = lio.recover_dir(self.out / "last")
@@ -368,14 +358,28 @@ class Trainer:
         last = self._last_dir()
         state_file = last / STATE_DIR / "trainer_state.json"
         meta = lio.read_json(state_file)
+        if self.sharded != (last / SHARDED_WEIGHTS).is_dir():
+            raise CheckpointError(f"{last} holds {'whole' if self.sharded else 'sharded'} weights, and this run is set "
+                                  f"to --strategy {self.config.strategy}; the checkpoint is not this run's")
+        saved = meta.get("samples_per_step", self.samples_per_step) if isinstance(meta, dict) else None
+        if isinstance(saved, int) and saved != self.samples_per_step:
+            raise ConfigError(
+                f"the run trained on {saved} sequences per step, and --batch-size {self.config.batch_size} x "
+                f"--grad-accum {self.config.grad_accum} x {self.dist.world} processes make {self.samples_per_step}; give "
+                "--batch-size/--grad-accum that keep the step's size, so the run continues as it was")
         try:
             self.state = TrainState(**meta["state"])
             check_field_types(self.state)
-            load_optimizer_state(self.optimizer, _read_tensors(last / STATE_DIR / "optimizer.safetensors", self.device),
-                                 meta["optimizer"])
+            if self.sharded:
+                load_model_state(self.model, last / SHARDED_WEIGHTS)
+                load_optimizer_state_shards(self.model, self.optimizer, last / STATE_DIR / SHARDED_OPTIMIZER)
+            else:
+                load_optimizer_state(self.optimizer, _read_tensors(last / STATE_DIR / "optimizer.safetensors",
+                                                                   self.device), meta["optimizer"])
             set_rng_state(_read_tensors(last / STATE_DIR / "rng.safetensors", torch.device("cpu")), meta["rng"])
             if self.scaler and meta.get("scaler"):
                 self.scaler.load_state_dict(meta["scaler"])
+            self.objective.load_data_state(meta.get("data"), self.state.step * self.samples_per_step)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             if isinstance(e, LmforgeError) and not isinstance(e, ConfigError):  # (a file error names its file)
                 raise
@@ -388,8 +392,9 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float] | None:
         self.model.eval()
-        val, count = eval_loss(self.model, self.objective, self.config.batch_size, self.config.eval_batches or None,
-                               self.autocast)
+        with whole_weights(self.train_model):
+            val, count = eval_loss(self.model, self.objective, self.config.batch_size, self.config.eval_batches or None,
+                                   self.autocast)
         self.model.train()
         if count == 0:
             return None
@@ -399,7 +404,8 @@ class Trainer:
         """Log, keep the best checkpoint, and decide early stopping. Returns True to stop."""
         if result is None:
             return False
-        extra = self.on_eval(self, result) if self.on_eval else {}
+        with whole_weights(self.train_model):
+            extra = self.on_eval(self, result) if self.on_eval else {}
         result = {**result, **extra}
         if logger:
             logger.log({"step": self.state.step, "split": "val", **result})
@@ -437,11 +443,9 @@ class Trainer:
         tokens = sum(self.objective.tokens(b) for b in batches) * self.dist.world
         loss_sum = torch.zeros((), device=self.device)
         for m, batch in enumerate(batches):
-            sync = m == len(batches) - 1 or self.dist.world == 1
-            ctx = contextlib.nullcontext() if sync else self.train_model.no_sync()
-            with ctx, self.autocast():
+            with gradient_sync(self.train_model, m == len(batches) - 1), self.autocast():
                 loss, _ = self.train_model(batch)
-                scaled = loss / count * self.dist.world  # DDP averages gradients over processes
+                scaled = loss / count * self.dist.world  # DDP and FSDP average gradients over processes
             if self.scaler:
                 self.scaler.scale(scaled).backward()
             else:
@@ -459,6 +463,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip) if c.grad_clip > 0
                      else torch.zeros(()))
+        if hasattr(grad_norm, "full_tensor"):  # (FSDP: the norm over every process's shards)
+            grad_norm = grad_norm.full_tensor()
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
