@@ -19,6 +19,20 @@ from .options import GenerationOptions
 TURN_END_TOKENS = ("<|im_end|>", "<|im_start|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
+def encode_chat(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation rendered with the tokenizer's chat template, ready for the assistant's reply."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    bos = tokenizer.special.get("bos")
+    # a template that writes BOS itself is encoded as is; otherwise the tokenizer adds its specials
+    add = not (bos and text.startswith(bos))
+    return tokenizer.encode(text, add_special_tokens=add)
+
+
+def turn_end_ids(tokenizer) -> list[int]:
+    """Ids of the tokens that end an assistant turn in this tokenizer's vocabulary (besides EOS)."""
+    return [i for i in (tokenizer.token_to_id(t) for t in TURN_END_TOKENS) if i is not None]
+
+
 class ChatSession:
     def __init__(self, model, system: str | None = None, tokenizer=None, **options: Any) -> None:
         self.model = model
@@ -30,8 +44,7 @@ class ChatSession:
                                f"arch={model.config.arch}")
         options.setdefault("max_new_tokens", 256)
         self.opts = GenerationOptions.from_kwargs(**options)
-        turn_ends = [i for i in (self.tokenizer.token_to_id(t) for t in TURN_END_TOKENS) if i is not None]
-        self.spec = ModelSpec.of(model, self.tokenizer, self.opts, extra_eos=turn_ends)
+        self.spec = ModelSpec.of(model, self.tokenizer, self.opts, extra_eos=turn_end_ids(self.tokenizer))
         self.system = system
         self.history: list[dict[str, str]] = []
         self.notices: list[str] = []
@@ -47,11 +60,7 @@ class ChatSession:
         return ([{"role": "system", "content": self.system}] if self.system else []) + turns
 
     def _encode(self, turns: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(self._messages(turns), add_generation_prompt=True)
-        bos = self.tokenizer.special.get("bos")
-        # a template that writes BOS itself is encoded as is; otherwise the tokenizer adds its specials
-        add = not (bos and text.startswith(bos))
-        return self.tokenizer.encode(text, add_special_tokens=add)
+        return encode_chat(self.tokenizer, self._messages(turns))
 
     def prompt_ids(self, user: str) -> list[int]:
         """The rendered conversation with the new user turn, oldest turns dropped until it fits."""
@@ -144,4 +153,4 @@ def chat_repl(session: ChatSession, *, read: Callable[[str], str] = input, out: 
     return 0
 
 
-__all__ = ["ChatSession", "chat_repl", "TURN_END_TOKENS"]
+__all__ = ["ChatSession", "chat_repl", "TURN_END_TOKENS", "encode_chat", "turn_end_ids"]

@@ -205,6 +205,68 @@ def sample_seed(seed: int, copy: int) -> int:
 
 # ---- greedy and sampling -------------------------------------------------------------------------------
 
+class Picker:
+    """How the rows of one set of options pick their next token: penalties, filters, then argmax or a draw from
+    each row's own generator. `sample_steps` uses one for a whole batch; a server batch (lmforge.serve) one per
+    request, each with its own options, over its rows of the shared logits."""
+
+    def __init__(self, opts: GenerationOptions, histories: list[list[int]], vocab: int, device: torch.device,
+                 seeds: list[int] | None) -> None:
+        self.opts = opts
+        self.seen = P.seen_mask(histories, vocab, device) if opts.repetition_penalty != 1.0 else None
+        penalize = opts.presence_penalty != 0 or opts.frequency_penalty != 0
+        self.counts = torch.zeros((len(histories), vocab), device=device) if penalize else None
+        self.gens = row_generators(seeds, device) if opts.sampling else None
+
+    def expand(self, n: int) -> None:
+        """Every row repeated n times (row i becomes rows i*n .. i*n+n-1), as Runner.expand."""
+        if self.seen is not None:
+            self.seen = self.seen.repeat_interleave(n, dim=0)
+        if self.counts is not None:
+            self.counts = self.counts.repeat_interleave(n, dim=0)
+
+    def keep(self, index: list[int]) -> None:
+        """Keep only rows `index` (finished rows leave a server batch)."""
+        t = torch.tensor(index, dtype=torch.long)
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, t.to(self.seen.device))
+        if self.counts is not None:
+            self.counts = self.counts.index_select(0, t.to(self.counts.device))
+        if self.gens is not None:
+            self.gens = [self.gens[i] for i in index]
+
+    def pick(self, logits: torch.Tensor, rows: list[RowState], pad_id: int) -> torch.Tensor:
+        """The chosen token (N,) of each row (pad_id for finished rows), from raw logits (N, V)."""
+        opts = self.opts
+        N = logits.shape[0]
+        scores = logits
+        if self.seen is not None:
+            scores = P.repetition_penalty(scores, self.seen, opts.repetition_penalty)
+        if self.counts is not None:
+            scores = P.presence_frequency_penalty(scores, self.counts, opts.presence_penalty, opts.frequency_penalty)
+        if opts.no_repeat_ngram_size:
+            scores = scores.clone() if scores is logits else scores
+            P.ban_ngrams(scores, [r.prompt + r.tokens for r in rows], opts.no_repeat_ngram_size,
+                         [not r.done for r in rows])
+        if opts.sampling:
+            scores = P.warp(scores, opts.temperature, opts.top_k, opts.top_p, opts.min_p)
+            probs = scores.softmax(dim=-1)
+            chosen = torch.full((N,), pad_id, dtype=torch.long, device=logits.device)
+            for i, r in enumerate(rows):
+                if not r.done:
+                    chosen[i] = torch.multinomial(probs[i], 1, generator=self.gens[i])[0]
+        else:
+            chosen = scores.argmax(dim=-1)
+        done = torch.tensor([r.done for r in rows], device=logits.device)
+        chosen = chosen.masked_fill(done, pad_id)
+        arange = torch.arange(N, device=logits.device)
+        if self.seen is not None:
+            self.seen[arange, chosen] = self.seen[arange, chosen] | ~done
+        if self.counts is not None:
+            self.counts[arange, chosen] += (~done).to(self.counts.dtype)
+        return chosen
+
+
 def sample_steps(runner: Runner, rows: list[RowState], opts: GenerationOptions, pad_id: int,
                  seeds: list[int] | None) -> Iterator[None]:
     """Greedy decoding or sampling for rows already expanded for num_return_sequences.
@@ -217,36 +279,13 @@ def sample_steps(runner: Runner, rows: list[RowState], opts: GenerationOptions, 
             runner.expand(n_copies)
             logits = logits.repeat_interleave(n_copies, dim=0)
         N, V = logits.shape
-        device = logits.device
-        seen = None
-        if opts.repetition_penalty != 1.0:
-            seen = P.seen_mask([r.prompt for r in rows], V, device)
-        gens = row_generators(seeds, device) if opts.sampling else None
-        arange = torch.arange(N, device=device)
+        picker = Picker(opts, [r.prompt for r in rows], V, logits.device, seeds)
+        arange = torch.arange(N, device=logits.device)
     max_new = opts.max_new_tokens
     for _ in range(max_new):
         with torch.inference_mode():
-            scores = logits
-            if seen is not None:
-                scores = P.repetition_penalty(scores, seen, opts.repetition_penalty)
-            if opts.no_repeat_ngram_size:
-                scores = scores.clone() if scores is logits else scores
-                P.ban_ngrams(scores, [r.prompt + r.tokens for r in rows], opts.no_repeat_ngram_size,
-                             [not r.done for r in rows])
-            if opts.sampling:
-                scores = P.warp(scores, opts.temperature, opts.top_k, opts.top_p, opts.min_p)
-                probs = scores.softmax(dim=-1)
-                chosen = torch.full((N,), pad_id, dtype=torch.long, device=device)
-                for i, r in enumerate(rows):
-                    if not r.done:
-                        chosen[i] = torch.multinomial(probs[i], 1, generator=gens[i])[0]
-            else:
-                chosen = scores.argmax(dim=-1)
+            chosen = picker.pick(logits, rows, pad_id)
             logprobs = logits[arange, chosen] - torch.logsumexp(logits, dim=-1)
-            done = torch.tensor([r.done for r in rows], device=device)
-            chosen = chosen.masked_fill(done, pad_id)
-            if seen is not None:
-                seen[arange, chosen] = seen[arange, chosen] | ~done
         for r, t, lp in zip(rows, chosen.tolist(), logprobs.tolist()):
             if not r.done:
                 r.add(t, lp, max_new)

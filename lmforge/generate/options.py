@@ -29,6 +29,8 @@ class GenerationOptions:
     early_stopping: bool | str = False  # beam search: True | False | "never"
     num_return_sequences: int = 1
     repetition_penalty: float = 1.0  # > 1 penalizes tokens already in the prompt or the output (CTRL paper)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per earlier occurrence in the generated tokens
     no_repeat_ngram_size: int = 0  # > 0: an n-gram of this size never occurs twice
     stop: list[str] | None = None  # stop strings: generation ends when the text contains one (it is cut off)
     seed: int | None = None  # sampling: the same seed gives the same text, alone or in any batch
@@ -99,6 +101,11 @@ class GenerationOptions:
         if self.repetition_penalty <= 0:
             raise ConfigError(f"repetition_penalty={self.repetition_penalty} is out of range; use "
                               "repetition_penalty > 0 (1 = none, > 1 discourages repeats)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            _number(name, getattr(self, name))
+            if not -2 <= getattr(self, name) <= 2:
+                raise ConfigError(f"{name}={getattr(self, name)} is out of range; use -2 <= {name} <= 2 "
+                                  "(0 = none, > 0 discourages repeats), as OpenAI's API")
         _number("length_penalty", self.length_penalty)
         if self.early_stopping not in (True, False, "never"):
             raise ConfigError(f"early_stopping={self.early_stopping!r} is not allowed; use true | false | never")
@@ -119,6 +126,9 @@ class GenerationOptions:
         if beams > 1 and n > beams:
             raise ConfigError(f"num_return_sequences={n} is larger than num_beams={beams}; beam search returns "
                               f"at most num_beams sequences, so use num_return_sequences <= {beams}")
+        if beams > 1 and (self.presence_penalty or self.frequency_penalty):
+            raise ConfigError("presence_penalty and frequency_penalty apply to greedy decoding and sampling, not to "
+                              "beam search; use repetition_penalty with num_beams > 1")
         if beams == 1 and n > 1 and not self.sampling:
             raise ConfigError(f"num_return_sequences={n} needs do_sample=True or num_beams >= {n}: greedy "
                               "decoding has only one answer")

@@ -34,6 +34,13 @@ def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float)
     return torch.where(seen, penalized, scores)
 
 
+def presence_frequency_penalty(scores: torch.Tensor, counts: torch.Tensor, presence: float,
+                               frequency: float) -> torch.Tensor:
+    """OpenAI's penalties: logit - frequency * count - presence * (count > 0), counts (N, V) of the tokens
+    generated so far (the prompt is not counted, as in vLLM)."""
+    return scores - counts * frequency - (counts > 0).to(scores.dtype) * presence
+
+
 def banned_ngram_tokens(tokens: list[int], n: int) -> set[int]:
     """Tokens that would complete an n-gram already present in `tokens` (transformers' no_repeat_ngram)."""
     length = len(tokens)
@@ -113,5 +120,5 @@ def warp(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: flo
     return min_p_filter(scores, min_p, min_keep)
 
 
-__all__ = ["seen_mask", "repetition_penalty", "banned_ngram_tokens", "ban_ngrams", "apply_temperature",
+__all__ = ["seen_mask", "repetition_penalty", "presence_frequency_penalty", "banned_ngram_tokens", "ban_ngrams", "apply_temperature",
            "top_k_filter", "top_p_filter", "min_p_filter", "warp"]
