@@ -71,6 +71,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert from-gguf": ("lmforge.commands.convert:from_gguf_cli", "convert a GGUF file (llama.cpp) to an lmforge "
                           "checkpoint"),
     "export gguf": ("lmforge.commands.export:gguf_cli", "export a model as a GGUF file for llama.cpp (f32 ... q4_0)"),
+    "serve": ("lmforge.commands.serve:serve_cli", "serve a model: OpenAI-compatible API with continuous batching, "
+              "embeddings, a chat page"),
+    "bench serve": ("lmforge.commands.serve:bench_serve_cli", "load-test a server: req/s, tokens/s, TTFT and latency "
+                    "per concurrency"),
+    "quantize": ("lmforge.compress.commands:quantize_cli", "quantize a checkpoint: weight-only int8/int4 (RTN or GPTQ), "
+                 "dynamic int8"),
+    "compress report": ("lmforge.compress.commands:report_cli", "compressed models vs their original: size, speed, "
+                        "perplexity, KL, top-1 agreement (table + PNG)"),
 }
 
 
