@@ -77,6 +77,8 @@ class ModelConfig:
     relation_labels: list[str] | None = None  # head=relations: the relation types scored over entity pairs
     # LoRA adapters on named linear layers: {"rank", "alpha", "dropout", "targets"} (see lmforge.adapters.lora)
     lora: dict | None = None
+    # quantized linear layers: {"method", "group_size", "symmetric", "algo", "layers": {name: kind}} (model/quant.py)
+    quant: dict | None = None
     # token ids the model itself needs (from the tokenizer)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
