@@ -595,10 +595,6 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
                 "data": [{"index": i, "label": label, "probs": {n: float(x) for n, x in zip(names, p)},
                           "num_classes": len(names)} for i, (label, p) in enumerate(zip(labels, probs.tolist()))]}
 
-    @app.on_event("shutdown")
-    async def _shutdown():
-        served.close()
-
     return app
 
 

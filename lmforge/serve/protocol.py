@@ -118,8 +118,12 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
         return ApiError(400, f"the request body is not valid JSON ({e.get('msg', '')}); send a JSON object")
     if e.get("type") == "missing" and not loc:
         return ApiError(400, "the request needs a JSON body")
-    field = ".".join(loc) if loc else None
-    where = f"'{field}'" if field else "the body"
+    field = loc[0] if loc else None
+    same = [x for x in errors if [str(y) for y in x.get("loc", ()) if y != "body"][:1] == loc[:1]]
+    if len(same) > 1 and len(loc) > 1 and not loc[1].isdigit():  # a union: every allowed type failed
+        return ApiError(400, f"'{field}' has the wrong type: {e.get('msg', 'invalid value')} (nor any other allowed "
+                        "type)", param=field)
+    where = f"'{'.'.join(loc)}'" if loc else "the body"
     extra = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return ApiError(400, f"{where}: {e.get('msg', 'invalid value')}{extra}", param=field)
 

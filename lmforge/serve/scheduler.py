@@ -96,6 +96,8 @@ class Scheduler:
         self.cache: KVCache | None = None
         self.mask: torch.Tensor | None = None  # (N, capacity) 1 = a real token
         self.logits: torch.Tensor | None = None  # (N, V) for each row's next token
+        self.peak = 0  # the most rows decoded together so far
+        self.cancelled_rows = 0  # rows dropped because their client went away
         self.running = True
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lmforge-serve-engine", daemon=True)
@@ -134,6 +136,7 @@ class Scheduler:
             try:
                 with self.lock, torch.inference_mode(), fast_inference():
                     self._admit()
+                    self.peak = max(self.peak, len(self.rows))
                     if self.rows:
                         self._advance()
             except Exception as e:  # a bug must not leave clients waiting forever: fail the batch, keep serving
@@ -281,6 +284,7 @@ class Scheduler:
         # rows that finished or whose client went away leave the batch
         keep = [i for i, r in enumerate(rows) if not r.state.done and not r.work.cancelled]
         finished = {id(r.work): r.work for r in rows if r.state.done or r.work.cancelled}
+        self.cancelled_rows += sum(1 for r in rows if r.work.cancelled and not r.state.done)
         still = {id(rows[i].work) for i in keep}
         for wid, w in finished.items():
             if wid not in still and not w.cancelled:

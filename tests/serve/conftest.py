@@ -71,3 +71,38 @@ def server(decoder):
     s = Running(decoder, name="tiny", max_batch=8, max_tokens=64)
     yield s
     s.close()
+
+
+class Reply:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code = status
+        self.content = body
+        self.text = body.decode("utf-8", "replace")
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+
+def http(method: str, url: str, body=None, json_body=None, headers=None) -> Reply:
+    """One plain HTTP request (the standard library: the raw bytes go out as given)."""
+    import http.client
+    import json
+    import urllib.parse
+
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    h = dict(headers or {})
+    if json_body is not None:
+        body = json.dumps(json_body).encode()
+        h.setdefault("Content-Type", "application/json")
+    elif body is not None:
+        body = body.encode() if isinstance(body, str) else body
+        h.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, u.path, body, h)
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.read())
+    finally:
+        conn.close()
