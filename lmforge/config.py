@@ -79,6 +79,10 @@ class ModelConfig:
     lora: dict | None = None
     # quantized linear layers: {"method", "group_size", "symmetric", "algo", "layers": {name: kind}} (model/quant.py)
     quant: dict | None = None
+    # factorised linear layers: {"method", "rank_ratio", "layers": {name: rank}} (model/lowrank.py)
+    lowrank: dict | None = None
+    # what pruning did (informational; a pruned model is an ordinary shape): {"method", "sparsity" | "amount", ...}
+    pruning: dict | None = None
     # token ids the model itself needs (from the tokenizer)
     pad_token_id: int | None = None
     bos_token_id: int | None = None

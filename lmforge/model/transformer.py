@@ -25,6 +25,7 @@ from .blocks import AttnMask, Block, Rotary, activation_fn, build_attn_mask, mak
 from .cache import KVCache
 from .fast import Linear, linear
 from .lora import apply_lora
+from .lowrank import apply_lowrank_layout
 from .quant import apply_quant_layout
 
 
@@ -145,6 +146,8 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.tok_embed.weight
         if config.lora:  # LoRA layer swap, rebuilt from the config
             apply_lora(self, **config.lora)
+        if config.lowrank:  # factorised layers, rebuilt empty from the config (the checkpoint fills them)
+            apply_lowrank_layout(self, config.lowrank)
         if config.quant:  # quantized layers, rebuilt empty from the config (the checkpoint fills them)
             apply_quant_layout(self, config.quant)
 
