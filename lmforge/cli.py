@@ -71,6 +71,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert from-gguf": ("lmforge.commands.convert:from_gguf_cli", "convert a GGUF file (llama.cpp) to an lmforge "
                           "checkpoint"),
     "export gguf": ("lmforge.commands.export:gguf_cli", "export a model as a GGUF file for llama.cpp (f32 ... q4_0)"),
+    "export onnx": ("lmforge.commands.export:onnx_cli", "export a model to ONNX (decoder with KV cache, encoder-decoder, "
+                    "task heads) for ONNX Runtime; int8 quantization"),
     "serve": ("lmforge.commands.serve:serve_cli", "serve a model: OpenAI-compatible API with continuous batching, "
               "embeddings, a chat page"),
     "bench serve": ("lmforge.commands.serve:bench_serve_cli", "load-test a server: req/s, tokens/s, TTFT and latency "

@@ -3,7 +3,8 @@
 - an lmforge checkpoint folder or training run folder (`lmforge.checkpoint`),
 - a Hugging Face model folder (config.json with `model_type`; `lmforge.convert`),
 - a Hugging Face hub id, written `hf:org/name` (downloaded by `lmforge.convert.hub`),
-- a GGUF file, llama.cpp's format (`lmforge.convert.gguf`: dequantized, tokenizer rebuilt from its metadata).
+- a GGUF file, llama.cpp's format (`lmforge.convert.gguf`: dequantized, tokenizer rebuilt from its metadata),
+- an ONNX export folder (`lmforge.export.onnx`): an `OnnxModel` run by ONNX Runtime, which generate and predict take.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from .convert import from_hf
 from .convert.gguf import from_gguf, is_gguf_file
 from .convert.hub import hub_repo
 from .errors import CheckpointError, LmforgeError
+from .export.onnx import KEY as ONNX_KEY
+from .export.onnx import load_onnx
 from .model import Transformer
 
 
@@ -26,8 +29,8 @@ def load(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> Transformer:
-    """Load a model: an lmforge checkpoint or run folder, a Hugging Face folder, a hub id (hf:org/name), or a GGUF
-    file (model.gguf).
+    """Load a model: an lmforge checkpoint or run folder, a Hugging Face folder, a hub id (hf:org/name), a GGUF
+    file (model.gguf), or an ONNX export folder (an `OnnxModel` on ONNX Runtime; device and dtype do not apply).
 
     Returns the `Transformer` in eval mode with `.config` and `.tokenizer`.
     """
@@ -40,6 +43,8 @@ def load(
         return from_gguf(path, device=device, dtype=dtype)
     folder = resolve_checkpoint(path)
     config = lio.read_json(folder / CONFIG)  # a damaged or unreadable config.json is named as such
+    if isinstance(config, dict) and ONNX_KEY in config:  # before the native check: it holds an lmforge config too
+        return load_onnx(folder)
     if isinstance(config, dict) and "lmforge_config" in config:
         return load_native(folder, device=device, dtype=dtype)
     if isinstance(config, dict) and "model_type" in config:  # a Hugging Face model folder

@@ -1,10 +1,13 @@
-"""`lmforge export <format>`: deployment formats (docs/export.md). GGUF, llama.cpp's format: `export gguf`."""
+"""`lmforge export <format>`: deployment formats (docs/export.md). GGUF, llama.cpp's format: `export gguf`; ONNX for
+ONNX Runtime: `export onnx`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
+OnnxQuantize = Literal["int8", "int8-dynamic"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
 GGUFType = Literal["f32", "f16", "bf16", "q8_0", "q6_k", "q5_1", "q5_0", "q4_k", "q4_1", "q4_0"]
 
 
@@ -45,4 +48,39 @@ def gguf_cli(checkpoint: str, *, out: str, type_: GGUFType = "f32", tokenizer: b
     return done.path
 
 
-__all__ = ["gguf_cli"]
+def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None, opset: int | None = None,
+             check: bool = True, overwrite: bool = False) -> Path:
+    """Export a model to ONNX for ONNX Runtime: a folder with the graph(s), their weights (external data), the config
+    and the tokenizer, which `lmforge generate DIR --runtime onnx`, `lmforge predict DIR` and `lmforge.load(DIR)` take.
+
+    Decoders become one graph with the past keys/values of every layer as inputs and outputs (step 0 feeds a past of
+    length 0); encoder-decoders an encoder graph and such a decoder graph; models with a task head (classify, tag,
+    span) or a masked-LM head one graph giving the head's logits. Batch and sequence axes are dynamic.
+
+    Args:
+        checkpoint: an lmforge checkpoint or run folder, a Hugging Face folder or hub id (hf:org/name), or a GGUF file
+        out: the folder to write
+        quantize: int8 (ONNX Runtime's MatMulNBits: int8 weights in blocks of 32, int8 activations at run time) or
+            int8-dynamic (quantize_dynamic: per-channel int8 weights, one activation scale per call); default fp32
+        opset: the ONNX opset, 18 .. 23 (default: the exporter's, 20)
+        check: after exporting, run the graphs once in ONNX Runtime against PyTorch and print the largest logit
+            difference (--no-check to skip)
+        overwrite: replace an ONNX export already at --out
+    """
+    from .. import io as lio
+    from ..export.onnx import check_options, export_onnx, is_onnx_export, onnx_summary
+    from ..loading import load
+
+    check_options(quantize, opset)
+    lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export, inputs=[checkpoint])
+    model = load(checkpoint, dtype="fp32")
+    done = export_onnx(model, out, quantize=quantize, opset=opset, overwrite=True, source=str(checkpoint))
+    print(onnx_summary(done))
+    if check:
+        from ..export.onnx.check import quick_check
+
+        print(quick_check(model, load(out)))
+    return done.path
+
+
+__all__ = ["gguf_cli", "onnx_cli"]

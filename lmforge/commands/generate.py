@@ -16,10 +16,23 @@ from typing import Any, Literal
 from ..errors import ConfigError, LmforgeError
 
 
-def _load(checkpoint: str, device: str, dtype: str):
+Runtime = Literal["auto", "torch", "onnx"]
+
+
+def _load(checkpoint: str, device: str, dtype: str, runtime: Runtime = "auto", threads: int | None = None):
+    from ..export.onnx import is_onnx_export, load_onnx
     from ..loading import load
 
-    model = load(checkpoint, device=device, dtype=dtype)
+    onnx = is_onnx_export(checkpoint)
+    if runtime == "onnx" and not onnx:
+        raise ConfigError(f"--runtime onnx needs an ONNX export folder, and {checkpoint} is not one; make one with "
+                          f"`lmforge export onnx {checkpoint} --out DIR`, then pass DIR")
+    if runtime == "torch" and onnx:
+        raise ConfigError(f"{checkpoint} is an ONNX export: it holds no PyTorch weights; use --runtime onnx (or auto), "
+                          "or the checkpoint it was exported from")
+    if threads is not None and not onnx:
+        raise ConfigError("--threads sets ONNX Runtime's threads; it applies to an ONNX export only")
+    model = load_onnx(checkpoint, threads=threads) if onnx else load(checkpoint, device=device, dtype=dtype)
     if model.tokenizer is None:
         raise LmforgeError(f"{checkpoint} has no tokenizer (tokenizer.json); generation from the command line "
                            "needs one")
@@ -147,6 +160,8 @@ def generate_cli(
     ignore_eos: bool = False,
     device: str = "cpu",
     dtype: str = "auto",
+    runtime: Runtime = "auto",
+    threads: int | None = None,
     overwrite: bool = False,
 ) -> list[Any]:
     """Generate continuations: greedy, sampling or beam search, for one prompt or a file of prompts.
@@ -176,6 +191,9 @@ def generate_cli(
         ignore_eos: keep generating after the end-of-text token.
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
+        runtime: torch | onnx (an ONNX export folder, run by ONNX Runtime: `lmforge export onnx`) | auto (onnx for
+            an ONNX export folder, else torch).
+        threads: ONNX Runtime's intra-op threads (default: torch's thread count); ONNX exports only.
         overwrite: replace an existing --out file.
     """
     from ..io import atomic_write, check_output
@@ -194,7 +212,7 @@ def generate_cli(
     GenerationOptions.from_kwargs(**options)  # bad options fail before the model loads
     if out is not None:
         check_output(out, what="generations", overwrite=overwrite, folder=False, inputs=[prompts, checkpoint])
-    model = _load(checkpoint, device, dtype)
+    model = _load(checkpoint, device, dtype, runtime, threads)
     options["max_new_tokens"] = _default_new(max_new_tokens, 100, model)
     t0 = time.perf_counter()
     if prompt is not None and out is None:
@@ -249,6 +267,8 @@ def chat_cli(
     seed: int | None = None,
     device: str = "cpu",
     dtype: str = "auto",
+    runtime: Runtime = "auto",
+    threads: int | None = None,
 ) -> int:
     """Chat with a checkpoint in the terminal: replies stream as they are decoded.
 
@@ -268,10 +288,12 @@ def chat_cli(
         seed: random seed for sampling.
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
+        runtime: torch | onnx (an ONNX export folder: `lmforge export onnx`) | auto (onnx for an ONNX export folder).
+        threads: ONNX Runtime's intra-op threads (default: torch's thread count); ONNX exports only.
     """
     from ..generate.chat import ChatSession, chat_repl
 
-    model = _load(checkpoint, device, dtype)
+    model = _load(checkpoint, device, dtype, runtime, threads)
     session = ChatSession(model, system=system, max_new_tokens=_default_new(max_new_tokens, 256, model), do_sample=not greedy,
                           temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed)

@@ -31,6 +31,9 @@ class KVCache:
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None):
+        make = getattr(model, "new_cache", None)
+        if make is not None:  # a model that keeps its keys/values elsewhere (ONNX Runtime: export/onnx) makes its own
+            return make(batch_size, max_len, dtype)
         config = model.config
         param = next(model.parameters())
         return cls(model.cache_layers, batch_size, config.n_kv_head, config.head_dim,

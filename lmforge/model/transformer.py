@@ -75,7 +75,7 @@ class Stack(nn.Module):
     ) -> torch.Tensor:
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
-        # ONNX export (export/onnx.py) traces with symbolic sizes: no checks that would guard on them, and the mask,
+        # ONNX export (export/onnx) traces with symbolic sizes: no checks that would guard on them, and the mask,
         # always given there, always applied (whether a mask is all ones depends on the data)
         exporting = torch.compiler.is_exporting()
         if not exporting and attention_mask is not None and tuple(attention_mask.shape) != (B, start + T):
