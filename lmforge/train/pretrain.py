@@ -86,7 +86,9 @@ def pretrain(
     if dist.main:
         check_out_folder(out_path, overwrite)
     dist.barrier()
-    streamed = not (Path(data) / "manifest.json").exists() and (tokenizer is not None or Path(data).is_file())
+    folder = Path(data)
+    streamed = not (folder / "manifest.json").exists() and (tokenizer is not None or folder.is_file() or (
+        folder.is_dir() and any(folder.rglob("*.jsonl"))))
     if not streamed and (tokenizer or val_data or text_field != "text"):
         raise ConfigError(f"--tokenizer, --val-data and --text-field are for streamed JSONL; {data} is prepared data, "
                           "which has its own tokenizer and val split")
