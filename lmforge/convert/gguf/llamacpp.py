@@ -79,13 +79,18 @@ def llamacpp_decode_speed(path: str | os.PathLike, prompt: Sequence[int], new_to
                           n_threads: int | None = None) -> tuple[list[int], float]:
     """Greedy decoding in llama.cpp at batch 1: (the new token ids, seconds for the whole call, prompt included),
     end-of-sequence ignored, so that exactly `new_tokens` are decoded."""
+    import llama_cpp
+
     with open_llama(path, n_ctx=len(prompt) + new_tokens + 8, n_threads=n_threads, f32_cache=False) as llm:
         llm.reset()
         out: list[int] = []
+        vocab = llm.n_vocab()
         start = time.perf_counter()
         llm.eval(list(prompt))
         for step in range(new_tokens):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            # without logits_all, llama-cpp-python leaves `scores` unwritten: read the last logits from llama.cpp
+            last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+            token = int(np.argmax(last))
             out.append(token)
             if step < new_tokens - 1:
                 llm.eval([token])
