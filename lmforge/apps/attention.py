@@ -140,7 +140,7 @@ body{font:14px system-ui,-apple-system,Segoe UI,sans-serif;margin:16px;color:#22
 h1{font-size:17px;margin:0 0 8px}#controls{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin-bottom:8px}
 .head{display:inline-block;width:18px;height:18px;border-radius:3px;cursor:pointer;border:2px solid #fff;
 box-shadow:0 0 0 1px #999;font-size:10px;text-align:center;line-height:18px;color:#fff}
-.head.off{opacity:.18}#views{display:flex;gap:28px;align-items:flex-start}
+.head.off{opacity:.18}#views{display:flex;gap:28px;align-items:flex-start}#lines{flex:none}
 svg text{font-size:13px;cursor:default;dominant-baseline:middle}svg text.dim{opacity:.35}
 #note{color:#666;font-size:12px;margin-top:6px}canvas{border:1px solid #ccc;image-rendering:pixelated}
 </style></head><body>
