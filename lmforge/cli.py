@@ -70,6 +70,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert to-hf": ("lmforge.commands.convert:to_hf_cli", "export an lmforge checkpoint as a Hugging Face folder"),
     "convert from-gguf": ("lmforge.commands.convert:from_gguf_cli", "convert a GGUF file (llama.cpp) to an lmforge "
                           "checkpoint"),
+    "prune": ("lmforge.commands.prune:prune_cli", "prune a model: zero weights (magnitude, Wanda, 2:4) or remove heads "
+              "and MLP neurons (physically smaller)"),
+    "lowrank": ("lmforge.commands.prune:lowrank_cli", "factorise linear layers into two low-rank ones (SVD, ASVD, "
+                "whitened SVD)"),
+    "finetune distill": ("lmforge.finetune.distill:distill", "task distillation (the same as `lmforge distill`)"),
+    "distill": ("lmforge.finetune.distill:distill", "knowledge distillation: a smaller student trained on a teacher's "
+                "soft targets (classifiers, or decoders on a corpus)"),
     "export gguf": ("lmforge.commands.export:gguf_cli", "export a model as a GGUF file for llama.cpp (f32 ... q4_0)"),
     "export onnx": ("lmforge.commands.export:onnx_cli", "export a model to ONNX (decoder with KV cache, encoder-decoder, "
                     "task heads) for ONNX Runtime; int8 quantization"),

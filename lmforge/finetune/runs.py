@@ -128,9 +128,11 @@ def build_run(spec: TaskSpec, args: TaskArgs, train: FinetuneConfig, resumed: di
         method = resumed["method"]
     else:
         labels = spec.labels(data, args) if spec.head != "lm" else None
-        base = load_base(args.model, tokenizer=args.tokenizer, texts=lambda: spec.texts(data),
-                         vocab_size=args.vocab_size, set_=args.set_, objective=spec.preset_objective,
-                         context=train.max_length, seed=train.seed, notes=notes)
+        base = spec.base_model(args, train, notes)
+        if base is None:
+            base = load_base(args.model, tokenizer=args.tokenizer, texts=lambda: spec.texts(data),
+                             vocab_size=args.vocab_size, set_=args.set_, objective=spec.preset_objective,
+                             context=train.max_length, seed=train.seed, notes=notes)
         check_arch(base.config, spec.archs, spec.title, f"--model {args.model}")
         if labels is None:
             if base.config.head != "lm":

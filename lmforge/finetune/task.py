@@ -91,6 +91,11 @@ class TaskSpec:
         """The labels a new head predicts (tasks with head classify | tag)."""
         raise NotImplementedError
 
+    def base_model(self, args: TaskArgs, train: FinetuneConfig, notes: list[str]) -> Transformer | None:
+        """The model to fine-tune when the task makes it itself (distillation's student from its teacher); None:
+        --model is loaded or built as usual."""
+        return None
+
     def head_options(self, data: TaskData, args: TaskArgs) -> dict[str, Any]:
         """More arguments of the head swap (`model.heads.with_head`) where a head needs them (relation types)."""
         return {}
