@@ -80,6 +80,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export gguf": ("lmforge.commands.export:gguf_cli", "export a model as a GGUF file for llama.cpp (f32 ... q4_0)"),
     "export onnx": ("lmforge.commands.export:onnx_cli", "export a model to ONNX (decoder with KV cache, encoder-decoder, "
                     "task heads) for ONNX Runtime; int8 quantization"),
+    "export check": ("lmforge.commands.check:check_cli", "parity report of a model across formats and runtimes "
+                     "(transformers, ONNX Runtime, GGUF, llama.cpp): logits, KL, greedy, tokens/s; table + PNG"),
     "serve": ("lmforge.commands.serve:serve_cli", "serve a model: OpenAI-compatible API with continuous batching, "
               "embeddings, a chat page"),
     "bench serve": ("lmforge.commands.serve:bench_serve_cli", "load-test a server: req/s, tokens/s, TTFT and latency "
