@@ -23,6 +23,7 @@ name to the function that exports the model and returns its runtimes, so a new f
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import os
 import tempfile
@@ -82,6 +83,11 @@ class Runtime:
     def greedy(self, ids: list[int], n: int) -> list[int]:
         raise NotImplementedError
 
+    def tokenize(self, texts: list[str]) -> list[list[int]] | None:
+        """The runtime's own token ids of each text (special tokens parsed, none added), or None when it takes
+        token ids only."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -101,6 +107,10 @@ class TorchRuntime(Runtime):
     def greedy(self, ids: list[int], n: int) -> list[int]:
         return list(generate(self.model, list(ids), max_new_tokens=n, do_sample=False, ignore_eos=True))
 
+    def tokenize(self, texts: list[str]) -> list[list[int]] | None:
+        tok = getattr(self.model, "tokenizer", None)
+        return None if tok is None else [tok.encode(t) for t in texts]
+
     def close(self) -> None:
         self.model = None
 
@@ -113,6 +123,16 @@ class TransformersRuntime(Runtime):
 
         self.name, self.format, self.path, self.detail = name, "hf", folder, detail
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        self.tokenizer = None
+        if (folder / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+
+    def tokenize(self, texts: list[str]) -> list[list[int]] | None:
+        if self.tokenizer is None:
+            return None
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
     def logits(self, ids: list[int]) -> torch.Tensor:
         with torch.inference_mode():
@@ -159,6 +179,9 @@ class LlamaCppRuntime(Runtime):
                 self.llm.eval([out[-1]])
         return out
 
+    def tokenize(self, texts: list[str]) -> list[list[int]] | None:
+        return [self.llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
+
     def close(self) -> None:
         self._context.__exit__(None, None, None)
 
@@ -180,7 +203,7 @@ class CheckOptions:
 def hf_runtimes(model, options: CheckOptions) -> Iterator[Runtime]:
     from .convert import to_hf
 
-    folder = to_hf(model, options.workdir / "hf", dtype="fp32", tokenizer=False, overwrite=True)
+    folder = to_hf(model, options.workdir / "hf", dtype="fp32", overwrite=True)
     yield TransformersRuntime("transformers (hf)", folder, detail="convert.to_hf -> AutoModelForCausalLM, fp32")
 
 
@@ -195,7 +218,7 @@ def gguf_runtimes(model, options: CheckOptions) -> Iterator[Runtime]:
         done = to_gguf(model, options.workdir / f"model.{kind}.gguf", type=kind, tokenizer=model.tokenizer is not None,
                        overwrite=True)
         types = ", ".join(f"{k} {v}" for k, v in done.tensor_types.items())
-        yield TorchRuntime(f"gguf {kind} (lmforge)", from_gguf(done.path, tokenizer=False), format="gguf",
+        yield TorchRuntime(f"gguf {kind} (lmforge)", from_gguf(done.path), format="gguf",
                            path=done.path, detail=f"to_gguf -> lmforge.load, dequantized ({types})")
         if use_llamacpp:
             yield LlamaCppRuntime(f"gguf {kind} (llama.cpp)", done.path, n_ctx=options.n_ctx,
@@ -227,6 +250,9 @@ FORMATS: dict[str, Callable[[Any, CheckOptions], Iterator[Runtime]]] = {
 }
 
 
+REQUIRES = {"hf": ("transformers",), "onnx": ("onnx", "onnxscript", "onnxruntime")}  # module names = PyPI names
+
+
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     """`hf,onnx,gguf` (or a sequence of names) -> the names, checked against FORMATS."""
     names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
@@ -235,6 +261,11 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
         raise ConfigError(f"--formats {','.join(names) if names else repr(formats)}: "
                           f"{'unknown format ' + repr(unknown[0]) if unknown else 'no format given'}; choose among "
                           f"{', '.join(FORMATS)} (comma-separated)")
+    for name in names:
+        missing = [m for m in REQUIRES.get(name, ()) if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"--formats {name} needs {', '.join(missing)}, which is not installed: pip install "
+                              f"{' '.join(missing)} (or leave {name} out of --formats)")
     return tuple(dict.fromkeys(names))
 
 
@@ -266,6 +297,7 @@ class RuntimeResult:
     kl_p99: float
     top1: float
     tokens: int
+    same_tokens: int | None  # prompts the runtime's own tokenizer splits into the reference's ids (None: it has none)
     greedy_identical: int  # prompts whose greedy continuation equals the reference's
     first_divergence: list[int | None]  # per prompt: index of the first differing new token, None if identical
     tokens_per_s: float
@@ -289,13 +321,14 @@ class ParityReport:
         n = len(self.prompts)
         lines = [f"parity of {self.model} on {n} prompts ({sum(self.prompt_tokens)} tokens), greedy {self.new_tokens} "
                  f"new tokens each, {self.threads} threads; reference: {self.results[0].name}", "",
-                 "| runtime | size MB | max abs dlogit | KL mean | KL max | top-1 | greedy identical | first divergence "
-                 "| tokens/s | vs PyTorch |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| runtime | size MB | same tokens | max abs dlogit | KL mean | KL max | top-1 | greedy identical | "
+                 "first divergence | tokens/s | vs PyTorch |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in self.results:
             diverged = [d for d in r.first_divergence if d is not None]
             lines.append(
-                f"| {r.name} | {'' if r.size_mb is None else f'{r.size_mb:.1f}'} | {r.max_abs:.3g} | {r.kl_mean:.3g} | "
+                f"| {r.name} | {'' if r.size_mb is None else f'{r.size_mb:.1f}'} | "
+                f"{'-' if r.same_tokens is None else f'{r.same_tokens}/{n}'} | {r.max_abs:.3g} | {r.kl_mean:.3g} | "
                 f"{r.kl_max:.3g} | {r.top1:.3f} | {r.greedy_identical}/{n} | "
                 f"{'-' if not diverged else 'token ' + str(min(diverged))} | {r.tokens_per_s:.1f} | "
                 f"{r.tokens_per_s / ref:.2f}x |")
@@ -350,7 +383,7 @@ def _size_mb(path: Path | None) -> float | None:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-def _measure(runtime: Runtime, prompts: list[list[int]], reference: list[torch.Tensor],
+def _measure(runtime: Runtime, texts: list[str], prompts: list[list[int]], reference: list[torch.Tensor],
              ref_greedy: list[list[int]] | None, new_tokens: int) -> tuple[RuntimeResult, list[list[int]]]:
     stats, continuations, seconds = [], [], 0.0
     runtime.greedy(prompts[0], min(2, new_tokens))  # warm-up: the first call of a runtime pays one-off costs
@@ -364,8 +397,10 @@ def _measure(runtime: Runtime, prompts: list[list[int]], reference: list[torch.T
                   None if len(ref) == len(got) else min(len(ref), len(got)))
              for ref, got in zip(ref_greedy, continuations)]
     s = summarize(stats)
+    own = runtime.tokenize(texts)
+    same = None if own is None else sum(list(a) == list(b) for a, b in zip(own, prompts))
     result = RuntimeResult(runtime.name, runtime.format, runtime.detail, _size_mb(runtime.path), s["max_abs"],
-                           s["kl_mean"], s["kl_max"], s["kl_p99"], s["top1"], s["tokens"],
+                           s["kl_mean"], s["kl_max"], s["kl_p99"], s["top1"], s["tokens"], same,
                            sum(d is None for d in first), first, len(prompts) * new_tokens / max(seconds, 1e-9),
                            seconds)
     return result, continuations
@@ -424,14 +459,14 @@ def parity_report(
         reference = TorchRuntime("PyTorch eager (reference)", model, detail="lmforge, fp32")
         ref_logits = [reference.logits(i) for i in ids]
         results: list[RuntimeResult] = []
-        result, ref_greedy = _measure(reference, ids, ref_logits, None, new_tokens)
+        result, ref_greedy = _measure(reference, prompts, ids, ref_logits, None, new_tokens)
         results.append(result)
         say(f"[check] {result.name}: {result.tokens_per_s:.1f} tokens/s")
         groups: list[Iterable[Runtime]] = [runtimes] + [FORMATS[fmt](model, options) for fmt in names]
         for group in groups:  # each format exports lazily: one runtime in memory at a time
             for runtime in group:
                 try:
-                    result, _ = _measure(runtime, ids, ref_logits, ref_greedy, new_tokens)
+                    result, _ = _measure(runtime, prompts, ids, ref_logits, ref_greedy, new_tokens)
                 finally:
                     runtime.close()
                 results.append(result)

@@ -45,7 +45,7 @@ def test_command_writes_the_report_every_runtime_agrees(tiny, tmp_path, capsys):
     assert main(["export", "check", str(folder / "ckpt"), "--prompts", str(folder / "prompts.txt"), "--out", str(out),
                  "--formats", formats, "--gguf-types", "f32,q8_0", "--onnx", "fp32", "--new-tokens", "8"]) == 0
     printed = capsys.readouterr().out
-    assert "| runtime | size MB | max abs dlogit | KL mean |" in printed
+    assert "| runtime | size MB | same tokens | max abs dlogit | KL mean |" in printed
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.md").read_text().startswith("parity of ")
     assert (out / "parity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -61,6 +61,7 @@ def test_command_writes_the_report_every_runtime_agrees(tiny, tmp_path, capsys):
         assert r[name]["max_abs"] < 1e-4, name
         assert r[name]["top1"] == 1.0 and r[name]["greedy_identical"] == 3, name
         assert r[name]["first_divergence"] == [None, None, None], name
+        assert r[name]["same_tokens"] == 3, name  # each runtime's own tokenizer: transformers', the GGUF's, ...
         assert r[name]["tokens_per_s"] > 0 and r[name]["size_mb"] > 0.5
     assert r["gguf f32 (lmforge)"]["max_abs"] == 0.0  # f32 GGUF round trip is bit for bit
     q8 = r["gguf q8_0 (lmforge)"]
