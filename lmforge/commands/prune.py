@@ -8,6 +8,16 @@ PruneMethod = Literal["magnitude", "wanda", "2:4", "heads", "neurons", "heads,ne
 LowRankMethod = Literal["svd", "asvd", "svd-llm"]
 
 
+def _check_calib(calib: str | None) -> None:
+    from pathlib import Path
+
+    from ..errors import DataError
+
+    if calib is not None and not Path(calib).exists():
+        raise DataError(f"--calib {calib} does not exist; give a prepared data folder, text files or a folder, or a "
+                        ".tsv/.csv/.jsonl table")
+
+
 def _report(name: str, before: Any, after: Any, out: str, what: str) -> dict[str, Any]:
     p0, p1 = before, after.num_parameters()
     print(f"{what}: {p0 / 1e6:.2f}M -> {p1 / 1e6:.2f}M parameters ({p1 / p0:.1%}) -> {out}")
@@ -42,6 +52,7 @@ def prune_cli(checkpoint: str, *, out: str, method: PruneMethod = "wanda", spars
 
     lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
                      inputs=[checkpoint, calib])
+    _check_calib(calib)
     model = load(checkpoint, device=resolve_device(device), dtype="fp32")
     before = model.num_parameters()
     tokenizer = model.tokenizer
@@ -89,6 +100,7 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
 
     lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
                      inputs=[checkpoint, calib])
+    _check_calib(calib)
     model = load(checkpoint, device=resolve_device(device), dtype="fp32")
     before = model.num_parameters()
     ranks = factorize(model, rank_ratio, method, calib=calib, calib_samples=calib_samples,

@@ -41,6 +41,8 @@ def calibration_batches(model: nn.Module, source: Any, *, samples: int = 64, len
     if samples < 1 or length < 2:
         raise ConfigError(f"--calib-samples must be >= 1 and --calib-length >= 2 (got {samples}, {length})")
     length = min(length, model.config.context_length)
+    if isinstance(source, torch.Tensor) and source.dim() == 2:  # token ids, one sequence a row: taken as they are
+        return [(w, None) for w in source[:samples, :length].long().split(batch_size)]
     if isinstance(source, (str, Path)) and Path(source).suffix.lower() in TABLES and Path(source).is_file():
         from ..finetune.data import read_examples
 

@@ -87,9 +87,9 @@ def factorize(model: nn.Module, rank_ratio: float = 0.5, method: str = "svd", *,
     config = _check_model(model, "lowrank")
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not a low-rank method; use {choices(METHODS)}")
-    if not 0.0 < rank_ratio <= 1.0:
-        raise ConfigError(f"--rank-ratio {rank_ratio} is out of range; it must be > 0 and <= 1 (0.5 = half the "
-                          "parameters of each factorised layer)")
+    if not (0.0 < rank_ratio < 1.0 or (full and rank_ratio == 1.0)):
+        raise ConfigError(f"--rank-ratio {rank_ratio} is out of range; it must be > 0 and < 1 (0.5 = half the "
+                          "parameters of each factorised layer; at 1 two factors cost what the layer does)")
     if method != "svd" and calib is None:
         raise ConfigError(f"--method {method} scales by input activations: give --calib (prepared data, text files or "
                           "a .tsv/.csv/.jsonl table), or use --method svd")

@@ -14,7 +14,7 @@ from ..loading import load as load_checkpoint
 from ..model import Transformer
 from ..train.distill import Distillation, student_from_teacher
 from .classify import ClassifyTask
-from .distill import DistillArgs
+from .distill_args import DistillArgs
 from .options import FinetuneConfig
 from .runs import load_base
 from .task import TaskContext, TaskParts
