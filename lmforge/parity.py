@@ -350,13 +350,15 @@ class ParityReport:
         colours = ["tab:green" if r.greedy_identical == len(self.prompts) else "tab:red" for r in results]
         fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(names) + 1.8), sharey=True)
         floor = 1e-12
-        axes[0].barh(names, [max(r.kl_mean, floor) for r in results], color=colours)
+        bars = axes[0].barh(names, [max(r.kl_mean, floor) for r in results], color=colours)
+        axes[0].bar_label(bars, labels=[f"{r.kl_mean:.2g}" for r in results], fontsize=8, padding=2)
         axes[0].set_xscale("log")
-        axes[0].set_xlabel("KL(reference || runtime), nats/token (mean)")
+        axes[0].set_xlabel(f"KL(reference || runtime), nats/token (mean; 0 drawn at {floor:g})")
         axes[1].barh(names, [r.top1 for r in results], color=colours)
         axes[1].set_xlim(0, 1)
         axes[1].set_xlabel("top-1 agreement")
-        axes[2].barh(names, [r.tokens_per_s for r in results], color="tab:blue")
+        bars = axes[2].barh(names, [r.tokens_per_s for r in results], color="tab:blue")
+        axes[2].bar_label(bars, labels=[f"{r.tokens_per_s:.0f}" for r in results], fontsize=8, padding=2)
         axes[2].set_xlabel("greedy tokens/s, batch 1")
         fig.suptitle(f"{self.model}: parity with PyTorch eager (green: greedy continuation identical on every "
                      f"prompt, red: diverged)", fontsize=10)
@@ -440,6 +442,8 @@ def parity_report(
     elif getattr(model, "dtype", torch.float32) != torch.float32:
         model = copy.deepcopy(model).float()  # the reference is fp32; the caller's model is left as it is
     model.eval()
+    if not isinstance(label, str) or label == type(model).__name__:
+        label = f"an lmforge model ({model.num_parameters() / 1e6:.1f}M parameters)"
     config = model.config
     if config.arch != "decoder" or config.head != "lm":
         raise ConfigError(f"export check compares language models (arch=decoder, head=lm); this model is "
