@@ -28,6 +28,8 @@ class Running:
 
         from lmforge.serve import create_app
 
+        self.threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny models: one thread is faster and immune to other jobs on the machine
         self.app = create_app(model, **options)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -49,14 +51,7 @@ class Running:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.app.state.served.close()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+        torch.set_num_threads(self.threads)
 
 
 @pytest.fixture(scope="module")
