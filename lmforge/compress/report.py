@@ -101,7 +101,9 @@ def decode_speed(model: nn.Module, batch: int = 1, prompt: int = 32, new: int = 
     """Tokens/s of greedy generation: batch x `new` tokens after a `prompt`-token prompt, prompt included."""
     from ..generate import generate
 
-    vocab = model.config.vocab_size
+    vocab, context = model.config.vocab_size, model.config.context_length
+    prompt = min(prompt, context // 2)
+    new = min(new, context - prompt)  # (a short context: fewer tokens, same measure)
     ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(1))
     generate(model, ids, max_new_tokens=4, ignore_eos=True)  # warm-up (packs int4 weights, oneDNN primitives)
     return batch * new / _best(lambda: generate(model, ids, max_new_tokens=new, ignore_eos=True), repeats)

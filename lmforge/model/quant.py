@@ -140,6 +140,15 @@ class QuantLinear(nn.Module):
     def _kernel(self, x2: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def _aligned(self, name: str) -> torch.Tensor:
+        """The buffer `name`, copied once into memory of its own when it is not 64-byte aligned: tensors memory-mapped
+        from a safetensors file start at any byte, and aten's packed int8 kernel crashes on such a weight."""
+        t = getattr(self, name)
+        if t.data_ptr() % 64:
+            t = t.clone()
+            setattr(self, name, t)
+        return t
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.kind}"
 
@@ -158,8 +167,8 @@ class Int8Linear(QuantLinear):
     def _kernel(self, x2):
         if x2.shape[0] > DECODE_ROWS:
             return None
-        return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight,
-                                                  self.scales.to(torch.bfloat16))
+        return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self._aligned("qweight"),
+                                                  self._aligned("scales"))
 
 
 class Int4Linear(QuantLinear):
