@@ -388,7 +388,7 @@ def _size_mb(path: Path | None) -> float | None:
 def _measure(runtime: Runtime, texts: list[str], prompts: list[list[int]], reference: list[torch.Tensor],
              ref_greedy: list[list[int]] | None, new_tokens: int) -> tuple[RuntimeResult, list[list[int]]]:
     stats, continuations, seconds = [], [], 0.0
-    runtime.greedy(prompts[0], min(2, new_tokens))  # warm-up: the first call of a runtime pays one-off costs
+    runtime.greedy(prompts[0], new_tokens)  # warm-up: the first calls of a runtime pay one-off costs
     for ids, ref in zip(prompts, reference):
         stats.append(logit_stats(ref, runtime.logits(ids)))
         start = time.perf_counter()
