@@ -69,12 +69,14 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
     """
     from .. import io as lio
     from ..export.onnx import check_options, export_onnx, is_onnx_export, onnx_summary
+    from ..finetune.args import run_info
     from ..loading import load
 
     check_options(quantize, opset)
     lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export, inputs=[checkpoint])
     model = load(checkpoint, dtype="fp32")
-    done = export_onnx(model, out, quantize=quantize, opset=opset, overwrite=True, source=str(checkpoint))
+    done = export_onnx(model, out, quantize=quantize, opset=opset, overwrite=True, source=str(checkpoint),
+                       run_info=run_info(checkpoint) if Path(checkpoint).is_dir() else None)
     print(onnx_summary(done))
     if check:
         from ..export.onnx.check import quick_check

@@ -86,10 +86,12 @@ def check_options(quantize: str | None, opset: int | None) -> None:
 
 
 def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, opset: int | None = None,
-                tokenizer: Tokenizer | None = None, overwrite: bool = False, source: str | None = None) -> OnnxExport:
+                tokenizer: Tokenizer | None = None, overwrite: bool = False, source: str | None = None,
+                run_info: dict | None = None) -> OnnxExport:
     """Export `model` (a `Transformer`) to the folder `out` (see the module doc), fp32 or quantized
     (quantize="int8" | "int8-dynamic"), with the exporter's default opset or `opset`. An existing export at `out` is
-    replaced only with overwrite=True, anything else never."""
+    replaced only with overwrite=True, anything else never. `run_info` (the run.json of the fine-tuning run the model
+    comes from) is kept beside the graphs, so `lmforge predict` on the folder reads the run's columns and lengths."""
     from ...model import Transformer
 
     if getattr(model, "runtime", None) == "onnx":
@@ -97,6 +99,9 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
     if not isinstance(model, Transformer):
         raise ConfigError(f"export_onnx needs an lmforge model (lmforge.load gives one); got {type(model).__name__}")
     check_options(quantize, opset)
+    if model.config.quant:
+        raise ConfigError("this model's layers were quantized by `lmforge quantize` (int8/int4 kernels ONNX cannot "
+                          "express); export the unquantized checkpoint and add --quantize int8")
     kind = _kind(model.config)
     out = lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export)
     t0 = time.perf_counter()
@@ -118,6 +123,8 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
             info = {"format": FORMAT, "kind": kind, "graphs": graphs, "opset": _opset(tmp / next(iter(graphs.values()))),
                     "quantize": quantize, "source": source, "parameters": model.num_parameters(), **info}
             write_checkpoint(tmp, model, tokenizer, extra={KEY: info}, weights=False)
+            if run_info:
+                lio.write_json(tmp / "run.json", run_info)
     finally:
         model.train(was)
     files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}

@@ -54,13 +54,12 @@ def quantize_graph(src: Path, dst: Path, method: str = "int8") -> None:
     """Quantize the graph at `src` (with its external data) into `dst` (weights in dst + '.data')."""
     import logging
 
-    root = logging.getLogger()  # the quantizers log every skipped node at INFO on the root logger
-    level = root.level
-    root.setLevel(logging.WARNING)
+    before = logging.root.manager.disable  # the quantizers log every node at INFO (and a pre-processing hint)
+    logging.disable(logging.WARNING)
     try:
         _quantize(src, dst, method)
     finally:
-        root.setLevel(level)
+        logging.disable(before)
 
 
 def _quantize(src: Path, dst: Path, method: str) -> None:

@@ -96,6 +96,8 @@ class OnnxModel(nn.Module):
         import onnxruntime as ort
 
         self.folder = Path(folder)
+        # an empty fp32 CPU tensor, so code that reads `next(model.parameters()).device` (or dtype) works as for a model
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.config = config
         self.tokenizer = tokenizer
         self.info = info
