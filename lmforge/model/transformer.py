@@ -222,6 +222,8 @@ class Transformer(nn.Module):
                 continue
             seen.add(id(p))
             total += p.numel()
+        if not trainable_only:  # quantized layers hold their weights as integer buffers: counted as the weights
+            total += sum(m.in_features * m.out_features for m in self.modules() if hasattr(m, "qweight"))
         return total
 
     # ---- forward --------------------------------------------------------------------------------------
