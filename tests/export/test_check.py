@@ -148,3 +148,18 @@ def test_what_cannot_be_checked(tiny, tmp_path):
     assert main(["export", "check", str(folder / "ckpt"), "--prompts", str(folder / "prompts.txt"), "--out",
                  str(tmp_path / "other"), "--formats", "hf"]) == 2
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(not HAS_LLAMACPP, reason="llama-cpp-python is not installed")
+def test_llamacpp_decode_speed_decodes_what_lmforge_decodes(tiny, tmp_path):
+    """The benchmark's llama.cpp timing loop picks real tokens (it once read logits llama-cpp-python never filled,
+    and decoded token 0 every step)."""
+    from lmforge.convert.gguf import to_gguf
+    from lmforge.convert.gguf.llamacpp import llamacpp_decode_speed
+
+    model, _ = tiny
+    path = to_gguf(model, tmp_path / "m.gguf").path
+    prompt = model.tokenizer.encode(PROMPTS[1])
+    ours = lmforge.generate(model, prompt, max_new_tokens=8, do_sample=False, ignore_eos=True)
+    tokens, seconds = llamacpp_decode_speed(path, prompt, 8)
+    assert len(set(ours)) > 1 and tokens == ours and seconds > 0
