@@ -171,10 +171,17 @@ def test_encoder_classifier_and_tagger(tmp_path, wordpiece, capsys):
     mask[1, 8:] = 0  # right padding
     types = torch.zeros_like(ids)
     types[0, 6:] = 1  # a text pair
+    labels = ["neg", "neu", "pos"]
+    # the classifier through the command (from a saved checkpoint), the tagger through the API
+    lmforge.save(_encoder("classify", wordpiece, num_labels=3, labels=labels), tmp_path / "clf-ckpt")
+    assert main(["export", "onnx", str(tmp_path / "clf-ckpt"), "--out", str(tmp_path / "classify")]) == 0
+    assert "max |delta logit|" in capsys.readouterr().out
+    export_onnx(_encoder("tag", wordpiece, num_labels=5), tmp_path / "tag")
     for head in ("classify", "tag"):
-        model = _encoder(head, wordpiece, num_labels=3, labels=["neg", "neu", "pos"] if head == "classify" else None)
-        export_onnx(model, tmp_path / head)
+        model = _encoder(head, wordpiece, num_labels=3 if head == "classify" else 5,
+                         labels=labels if head == "classify" else None)
         onnx_model = lmforge.load(tmp_path / head)
+        assert onnx_model.kind == "head"
         with torch.inference_mode():
             for rows in (slice(None), slice(1, 2)):  # batch 3 and batch 1
                 a = model(ids[rows], mask[rows], token_type_ids=types[rows])
@@ -182,15 +189,34 @@ def test_encoder_classifier_and_tagger(tmp_path, wordpiece, capsys):
                 assert a.shape == b.shape
                 keep = mask[rows].bool() if head == "tag" else slice(None)
                 assert float((a - b)[keep].abs().max()) < TOL
-    # predict through the ONNX folder gives the labels the checkpoint gives
-    lmforge.save(_encoder("classify", wordpiece, num_labels=3, labels=["neg", "neu", "pos"]), tmp_path / "clf-ckpt")
+    # predict through the ONNX folder gives the labels and probabilities the checkpoint gives
     table = tmp_path / "in.tsv"
     table.write_text("text\n" + "\n".join(CORPUS[:7]) + "\n", encoding="utf-8")
-    assert main(["export", "onnx", str(tmp_path / "clf-ckpt"), "--out", str(tmp_path / "clf.onnx"), "--no-check"]) == 0
     assert main(["predict", str(tmp_path / "clf-ckpt"), "--input", str(table), "--out", str(tmp_path / "a.tsv")]) == 0
-    assert main(["predict", str(tmp_path / "clf.onnx"), "--input", str(table), "--out", str(tmp_path / "b.tsv")]) == 0
+    assert main(["predict", str(tmp_path / "classify"), "--input", str(table), "--out", str(tmp_path / "b.tsv")]) == 0
     a, b = (tmp_path / "a.tsv").read_text().splitlines(), (tmp_path / "b.tsv").read_text().splitlines()
-    assert len(a) == 8 and [r.split("\t")[:2] for r in a] == [r.split("\t")[:2] for r in b]
+    assert len(a) == 8 and a[0] == b[0]
+    for x, y in zip(a[1:], b[1:]):
+        x, y = x.split("\t"), y.split("\t")
+        assert x[:2] == y[:2] and all(abs(float(p) - float(q)) < 1e-4 for p, q in zip(x[2:], y[2:]))
+
+
+def test_decoder_classifier(tmp_path):
+    """A decoder with a classify head ("last" pooling): predict's path (encode, then head_logits with the mask)."""
+    from lmforge.finetune.objectives import task_logits
+
+    tok = lmforge_decoder("gpt").tokenizer
+    config = lmforge.ModelConfig(arch="decoder", vocab_size=tok.vocab_size, context_length=32, d_model=32, n_layer=1,
+                                 n_head=2, head="classify", num_labels=2, pooling="last", init_std=0.3)
+    model = lmforge.build_model(config).eval()
+    export_onnx(model, tmp_path / "dclf")
+    onnx_model = lmforge.load(tmp_path / "dclf")
+    ids = torch.randint(5, tok.vocab_size, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.inference_mode():
+        assert float((task_logits(model, batch) - task_logits(onnx_model, batch)).abs().max()) < TOL
 
 
 def test_bad_input_is_one_line_with_status_2(decoders, tmp_path, capsys):
