@@ -93,7 +93,7 @@ def kl_stats(reference: list[torch.Tensor], other: list[torch.Tensor], windows: 
 
 
 def run_model(key: str, model, label: str, windows, args, files: Path) -> dict:
-    from lmforge.export.onnx import export_onnx, load_onnx
+    from lmforge.export.onnx import export_onnx, load_onnx, quantize_export
 
     print(f"== {key}: {label}, {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
     torch.set_num_threads(args.threads)
@@ -108,7 +108,10 @@ def run_model(key: str, model, label: str, windows, args, files: Path) -> dict:
     for variant in VARIANTS:
         name = f"onnx-{variant or 'fp32'}"
         folder = files / f"{key}.{name}"
-        done = export_onnx(model, folder, quantize=variant, overwrite=True)
+        if variant is None:
+            done = export_onnx(model, folder, overwrite=True)
+        else:  # the fp32 graphs quantized (what `lmforge export onnx FP32_DIR --quantize ...` does)
+            done = quantize_export(files / f"{key}.onnx-fp32", folder, variant, overwrite=True)
         onnx_model = load_onnx(folder, threads=args.threads)
         row = {"mb": done.bytes / 1e6, "export_s": done.seconds}
         row.update(speed(onnx_model, args, model.config.vocab_size))
@@ -119,8 +122,9 @@ def run_model(key: str, model, label: str, windows, args, files: Path) -> dict:
         res["runtimes"][name] = row
         print(f"   {name}: {json.dumps({k: round(v, 5) for k, v in row.items()})}", flush=True)
         del onnx_model
-        if not args.keep:
-            shutil.rmtree(folder)
+    if not args.keep:
+        for variant in VARIANTS:
+            shutil.rmtree(files / f"{key}.onnx-{variant or 'fp32'}")
     return res
 
 

@@ -58,7 +58,8 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
     span) or a masked-LM head one graph giving the head's logits. Batch and sequence axes are dynamic.
 
     Args:
-        checkpoint: an lmforge checkpoint or run folder, a Hugging Face folder or hub id (hf:org/name), or a GGUF file
+        checkpoint: an lmforge checkpoint or run folder, a Hugging Face folder or hub id (hf:org/name), a GGUF file,
+            or (with --quantize) an fp32 ONNX export to quantize
         out: the folder to write
         quantize: int8 (ONNX Runtime's MatMulNBits: int8 weights in blocks of 32, int8 activations at run time) or
             int8-dynamic (quantize_dynamic: per-channel int8 weights, one activation scale per call); default fp32
@@ -68,12 +69,16 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
         overwrite: replace an ONNX export already at --out
     """
     from .. import io as lio
-    from ..export.onnx import check_options, export_onnx, is_onnx_export, onnx_summary
+    from ..export.onnx import check_options, export_onnx, is_onnx_export, onnx_summary, quantize_export
     from ..finetune.args import run_info
     from ..loading import load
 
     check_options(quantize, opset)
     lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export, inputs=[checkpoint])
+    if is_onnx_export(checkpoint) and quantize:  # an fp32 export in: quantize its graphs, no second trace
+        done = quantize_export(checkpoint, out, quantize, overwrite=True)
+        print(onnx_summary(done))
+        return done.path
     model = load(checkpoint, dtype="fp32")
     done = export_onnx(model, out, quantize=quantize, opset=opset, overwrite=True, source=str(checkpoint),
                        run_info=run_info(checkpoint) if Path(checkpoint).is_dir() else None)

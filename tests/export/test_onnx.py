@@ -135,6 +135,14 @@ def test_int8_export_loads_and_runs(decoders, capsys):
     fp32 = sum(f.stat().st_size for f in (root / "gpt.onnx").glob("decoder.onnx*"))
     int8 = sum(f.stat().st_size for f in (root / "gpt-int8.onnx").glob("decoder.onnx*"))
     assert int8 < 0.6 * fp32
+    # an fp32 export quantized without tracing again: quantize_dynamic's MatMulInteger path
+    assert main(["export", "onnx", str(root / "gpt.onnx"), "--out", str(root / "gpt-dyn.onnx"),
+                 "--quantize", "int8-dynamic"]) == 0
+    dyn = lmforge.load(root / "gpt-dyn.onnx")
+    assert dyn.info["quantize"] == "int8-dynamic" and dyn.tokenizer is not None
+    graph = onnx.load(str(root / "gpt-dyn.onnx" / "decoder.onnx"), load_external_data=False).graph
+    assert "MatMulInteger" in {n.op_type for n in graph.node}
+    assert compare(model, dyn)["top1_agreement"] >= 0.8
 
 
 def test_encoder_decoder(tmp_path):

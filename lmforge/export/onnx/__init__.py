@@ -95,7 +95,8 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
     from ...model import Transformer
 
     if getattr(model, "runtime", None) == "onnx":
-        raise ConfigError(f"{model.folder} is already an ONNX export; export the checkpoint it was made from")
+        raise ConfigError(f"{model.folder} is already an ONNX export; export the checkpoint it was made from (or "
+                          "quantize it: --quantize int8)")
     if not isinstance(model, Transformer):
         raise ConfigError(f"export_onnx needs an lmforge model (lmforge.load gives one); got {type(model).__name__}")
     check_options(quantize, opset)
@@ -129,6 +130,37 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
         model.train(was)
     files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}
     return OnnxExport(Path(out), kind, graphs, info["opset"], quantize, files, time.perf_counter() - t0)
+
+
+def quantize_export(src: str | os.PathLike, out: str | os.PathLike, quantize: str = "int8", *,
+                    overwrite: bool = False) -> OnnxExport:
+    """Quantize an fp32 ONNX export folder `src` into `out` (the same as exporting again with `quantize`, without
+    tracing the model again)."""
+    check_options(quantize, None)
+    if quantize is None:
+        raise ConfigError("quantize_export needs a method: " + " | ".join(METHODS))
+    src = Path(src)
+    if not is_onnx_export(src):
+        raise CheckpointError(f"{src} is not an ONNX export (no '{KEY}' entry in {src / CONFIG})")
+    data = lio.read_json(src / CONFIG)
+    info = data[KEY]
+    if info.get("quantize"):
+        raise ConfigError(f"{src} is already quantized ({info['quantize']}); quantize the fp32 export")
+    out = lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export, inputs=[src])
+    t0 = time.perf_counter()
+    from .quantize import quantize_graph
+
+    with lio.atomic_dir(out) as tmp:
+        for name in info["graphs"].values():
+            if not isinstance(name, str) or Path(name).name != name:
+                raise CheckpointError(f"{src / CONFIG}: graph file {name!r} is not a file name in that folder")
+            quantize_graph(src / name, tmp / name, quantize)
+        for extra in sorted(src.iterdir()):  # tokenizer, run.json: everything that is not a graph
+            if extra.is_file() and not extra.name.endswith((".onnx", ".onnx.data")) and extra.name != CONFIG:
+                shutil.copy2(extra, tmp / extra.name)
+        lio.write_json(tmp / CONFIG, {**data, KEY: {**info, "quantize": quantize}})
+    files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}
+    return OnnxExport(Path(out), info["kind"], info["graphs"], info["opset"], quantize, files, time.perf_counter() - t0)
 
 
 def _write_graphs(model, kind: str, folder: Path, opset: int | None, quantize: str | None):
@@ -189,4 +221,4 @@ def onnx_summary(done: OnnxExport) -> str:
 
 
 
-__all__ = ["export_onnx", "load_onnx", "check_options", "is_onnx_export", "OnnxExport", "onnx_summary", "KEY"]
+__all__ = ["export_onnx", "quantize_export", "load_onnx", "check_options", "is_onnx_export", "OnnxExport", "onnx_summary", "KEY"]
