@@ -46,6 +46,8 @@ def run_stages(args, stages: dict) -> dict:
         print(f"== {stage}", flush=True)
         results[stage] = stages[stage](args, out)
         results[stage]["seconds"] = round(time.perf_counter() - start, 1)
+        if results_path.exists():  # stages run as separate processes may have written theirs meanwhile
+            results = {**json.loads(results_path.read_text()), stage: results[stage]}
         results_path.write_text(json.dumps(results, indent=2, default=str))
         print(f"{stage}: {results[stage]['seconds'] / 60:.1f} min", flush=True)
     return results
