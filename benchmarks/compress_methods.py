@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import minilm, need, parser  # noqa: E402
+from _common import minilm, need, parser, run_stages  # noqa: E402
 
 
 def smollm_path() -> Path:
@@ -89,23 +89,12 @@ def main() -> None:
     ap.add_argument("--train-limit", type=int, default=8000, help="SST-2 training rows used")
     ap.add_argument("--steps", type=int, default=250, help="SST-2: training steps of the teacher and of each student")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for stage in args.stages.split(","):
-        start = time.perf_counter()
-        print(f"== {stage}", flush=True)
-        results[stage] = {"smollm": stage_smollm, "sst2": stage_sst2}[stage](args, out)
-        results[stage]["seconds"] = round(time.perf_counter() - start, 1)
-        if results_path.exists():  # another stage may have finished meanwhile (stages run as separate processes)
-            results = {**json.loads(results_path.read_text()), stage: results[stage]}
-        results_path.write_text(json.dumps(results, indent=2, default=str))
-        print(f"{stage}: {results[stage]['seconds'] / 60:.1f} min", flush=True)
+    run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2})
 
 
 def stage_sst2(args, out: Path) -> dict:
     import lmforge
+    from lmforge.compress.report import best_time
     from lmforge.finetune.classify import encode_examples, example_logits, finetune_classify
     from lmforge.finetune.data import read_examples
     from lmforge.finetune.distill import distill
@@ -145,7 +134,7 @@ def stage_sst2(args, out: Path) -> dict:
     with torch.inference_mode():
         for _ in range(5):  # interleaved, best of 5: the machine is shared, so each model sees the same conditions
             for name, model in models.items():
-                best[name] = min(best[name], _timed(lambda: example_logits(model, enc, len(examples), 32)))
+                best[name] = min(best[name], best_time(lambda: example_logits(model, enc, len(examples), 32), 1))
     for name, model in models.items():
         report = json.loads((root / name / "report.json").read_text())
         rows.setdefault(name, {}).update(accuracy=report["dev"]["accuracy"], layers=model.config.n_layer,
@@ -159,12 +148,6 @@ def stage_sst2(args, out: Path) -> dict:
               f"{r['accuracy'] / t['accuracy']:10.1%} {r['examples_per_s']:9.0f} "
               f"{r['examples_per_s'] / t['examples_per_s']:7.2f}x")
     return {"rows": rows, "train_rows": args.train_limit, "steps": args.steps, "date": time.strftime("%Y-%m-%d")}
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -8,14 +8,22 @@ PruneMethod = Literal["magnitude", "wanda", "2:4", "heads", "neurons", "heads,ne
 LowRankMethod = Literal["svd", "asvd", "svd-llm"]
 
 
-def _check_calib(calib: str | None) -> None:
+def _source(checkpoint: str, out: str, calib: str | None, device: str, overwrite: bool) -> Any:
+    """The model to compress, in float32, once --out and --calib are checked (nothing is loaded before)."""
     from pathlib import Path
 
+    from .. import io as lio
+    from ..checkpoint import is_lmforge_checkpoint
+    from ..device import resolve_device
     from ..errors import DataError
+    from ..loading import load
 
+    lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
+                     inputs=[checkpoint, calib])
     if calib is not None and not Path(calib).exists():
         raise DataError(f"--calib {calib} does not exist; give a prepared data folder, text files or a folder, or a "
                         ".tsv/.csv/.jsonl table")
+    return load(checkpoint, device=resolve_device(device), dtype="fp32")
 
 
 def _report(name: str, before: Any, after: Any, out: str, what: str) -> dict[str, Any]:
@@ -44,16 +52,10 @@ def prune_cli(checkpoint: str, *, out: str, method: PruneMethod = "wanda", spars
         device: cpu, cuda or auto
         overwrite: replace an lmforge checkpoint already in --out
     """
-    from .. import io as lio
-    from ..checkpoint import is_lmforge_checkpoint, save
+    from ..checkpoint import save
     from ..compress.prune import prune, sparsity_of
-    from ..device import resolve_device
-    from ..loading import load
 
-    lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
-                     inputs=[checkpoint, calib])
-    _check_calib(calib)
-    model = load(checkpoint, device=resolve_device(device), dtype="fp32")
+    model = _source(checkpoint, out, calib, device, overwrite)
     before = model.num_parameters()
     tokenizer = model.tokenizer
     pruned = prune(model, method, sparsity=sparsity, amount=amount, calib=calib, calib_samples=calib_samples,
@@ -92,16 +94,10 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
         device: cpu, cuda or auto
         overwrite: replace an lmforge checkpoint already in --out
     """
-    from .. import io as lio
-    from ..checkpoint import is_lmforge_checkpoint, save
+    from ..checkpoint import save
     from ..compress.lowrank import factorize
-    from ..device import resolve_device
-    from ..loading import load
 
-    lio.check_output(out, what="an lmforge checkpoint", overwrite=overwrite, ours=is_lmforge_checkpoint,
-                     inputs=[checkpoint, calib])
-    _check_calib(calib)
-    model = load(checkpoint, device=resolve_device(device), dtype="fp32")
+    model = _source(checkpoint, out, calib, device, overwrite)
     before = model.num_parameters()
     ranks = factorize(model, rank_ratio, method, calib=calib, calib_samples=calib_samples,
                       calib_length=calib_length, text_column=text_column)

@@ -10,33 +10,22 @@ import pytest
 import torch
 
 import lmforge
-from lmforge import ModelConfig, build_model
 from lmforge.cli import main
 from lmforge.compress.prune import (masked_copy, prune, prune_structured, prune_unstructured, sparsity_of,
                                     unstructured_mask)
 from lmforge.errors import ConfigError
-from lmforge.tokenizer import train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _tiny import calib_ids, tiny_model, tiny_tokenizer  # noqa: E402
 from _finetune_data import sentiment_rows, src, tiny_options, write_table  # noqa: E402
-
-TEXTS = [" ".join(r[1] for r in sentiment_rows(20, i)) for i in range(20)]
-
 
 @pytest.fixture(scope="module")
 def tok():
-    return train_tokenizer(TEXTS, "bpe", 300, "decoder", progress=False)
+    return tiny_tokenizer()
 
 
-def _model(tok, preset="llama-nano", **kw):
-    torch.manual_seed(0)
-    m = build_model(ModelConfig.from_name(preset, vocab_size=tok.vocab_size, **kw)).eval()
-    m.tokenizer = tok
-    return m
-
-
-def _ids(tok, n=4, t=24):
-    return torch.tensor([tok.encode(TEXTS[i])[:t] for i in range(n)])
+_model, _ids = tiny_model, calib_ids
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
