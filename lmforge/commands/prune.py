@@ -83,7 +83,7 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
     Args:
         checkpoint: a checkpoint or run folder, Hugging Face folder, hub id or GGUF file
         out: folder of the factorised checkpoint
-        rank_ratio: share of each factorised layer's parameters kept (0.5 = half; 0.8 = 20% fewer)
+        rank_ratio: share of each factorised layer's parameters kept (0.5 = half; 0.8 = a fifth fewer)
         method: svd (plain truncated SVD), asvd (scaled by mean input magnitudes) or svd-llm (whitened by the input
             covariance: the least output error)
         calib: calibration data (asvd, svd-llm): prepared data folder, text files or folder, or a .tsv/.csv/.jsonl
