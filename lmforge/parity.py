@@ -39,6 +39,7 @@ from . import io as lio
 from .errors import ConfigError, LmforgeError
 from .generate import generate
 from .loading import load
+from .model import Transformer
 
 GGUF_TYPES_DEFAULT = ("f32", "q8_0", "q4_0")
 
@@ -441,6 +442,10 @@ def parity_report(
         model = load(model, dtype="fp32")
     elif getattr(model, "dtype", torch.float32) != torch.float32:
         model = copy.deepcopy(model).float()  # the reference is fp32; the caller's model is left as it is
+    if not isinstance(model, Transformer):
+        raise ConfigError(f"export check starts from the PyTorch model (an lmforge checkpoint or run, a Hugging Face "
+                          f"folder or a .gguf file); got {getattr(model, 'runtime', None) or type(model).__name__} "
+                          f"({label}): check the model it was exported from")
     model.eval()
     if not isinstance(label, str) or label == type(model).__name__:
         label = f"an lmforge model ({model.num_parameters() / 1e6:.1f}M parameters)"

@@ -139,6 +139,8 @@ def test_what_cannot_be_checked(tiny, tmp_path):
     classifier = lmforge.build_model(lmforge.ModelConfig.from_name("bert-mini", n_layer=1, vocab_size=300))
     with pytest.raises(ConfigError, match="compares language models.*arch=encoder"):
         parity_report(classifier, PROMPTS, formats="hf")
+    with pytest.raises(ConfigError, match="starts from the PyTorch model.*got Linear"):
+        parity_report(torch.nn.Linear(2, 2), PROMPTS, formats="hf")
     with pytest.raises(ConfigError, match="non-empty list of non-empty prompt strings"):
         parity_report(folder / "ckpt", [], formats="hf")
     with pytest.raises(ConfigError, match="past the model's context"):
