@@ -86,6 +86,18 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes the weights take in memory once the model has run: the stored tensors plus what quantized layers build
+    for their kernels (the int4 layers' packed copy, dynamic int8's transposed weight)."""
+    extra = 0
+    for m in model.modules():
+        packed = getattr(m, "_packed", None)
+        for t in (packed if isinstance(packed, tuple) else (packed,)):
+            if isinstance(t, torch.Tensor):
+                extra += t.numel() * t.element_size()
+    return weight_bytes(model) + extra
+
+
 # ---- speed --------------------------------------------------------------------------------------------------
 
 def best_time(fn: Callable[[], Any], repeats: int = 3) -> float:
@@ -227,6 +239,7 @@ def run_report(original: nn.Module, data: Any, entries: list[Entry], *, windows:
             if batch8:
                 r["decode_b8"] = decode_speed(model, 8, repeats=2)
             r["prefill"] = prefill_speed(model)
+        r["memory_bytes"] = memory_bytes(model)
         rows.append(r)
         bar.update()
         if model is not original:
@@ -245,14 +258,14 @@ def run_report(original: nn.Module, data: Any, entries: list[Entry], *, windows:
 def markdown_table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     speed = "decode_b1" in rows[0]
-    head = ["model", "size MB", "smaller"]
+    head = ["model", "size MB", "smaller", "memory MB"]
     if speed:
         head += ["decode b1 tok/s", "x", *(["decode b8 tok/s", "x"] if "decode_b8" in rows[0] else []),
                  "prefill tok/s", "x"]
     head += ["ppl", "ppl change", "KL mean", "KL median", "KL p99", "same top-1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], f"{r['bytes'] / 1e6:.1f}", f"{r['size_ratio']:.2f}x"]
+        cells = [r["name"], f"{r['bytes'] / 1e6:.1f}", f"{r['size_ratio']:.2f}x", f"{r.get('memory_bytes', r['bytes']) / 1e6:.1f}"]
         if speed:
             cells += [f"{r['decode_b1']:.1f}", f"{r['decode_b1_ratio']:.2f}x"]
             if "decode_b8" in r:
@@ -315,4 +328,4 @@ def _notes(result: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 __all__ = ["best_time", "Entry", "parse_method", "run_report", "write_report", "markdown_table", "reference_topk",
-           "compare", "decode_speed", "prefill_speed", "weight_bytes", "build_entries"]
+           "compare", "decode_speed", "prefill_speed", "weight_bytes", "memory_bytes", "build_entries"]

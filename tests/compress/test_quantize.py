@@ -191,6 +191,7 @@ def test_cli_quantize_then_generate_perplexity_and_report(checkpoint, capsys, tm
     assert all(r["decode_b1"] > 0 and r["prefill"] > 0 for r in rows.values())
     assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
     assert (tmp_path / "report" / "report.md").read_text().count("\n| ") == 5
+    assert rows["q4"]["memory_bytes"] > rows["q4"]["bytes"]  # the int4 kernel's packed copy
     assert q4 > 1
 
 
