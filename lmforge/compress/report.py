@@ -265,7 +265,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     head += ["ppl", "ppl change", "KL mean", "KL median", "KL p99", "same top-1"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["name"], f"{r['bytes'] / 1e6:.1f}", f"{r['size_ratio']:.2f}x", f"{r.get('memory_bytes', r['bytes']) / 1e6:.1f}"]
+        memory = r.get("memory_bytes", r["bytes"])
+        cells = [r["name"], f"{r['bytes'] / 1e6:.1f}", f"{r['size_ratio']:.2f}x", f"{memory / 1e6:.1f}"]
         if speed:
             cells += [f"{r['decode_b1']:.1f}", f"{r['decode_b1_ratio']:.2f}x"]
             if "decode_b8" in r:
