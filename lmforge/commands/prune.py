@@ -76,7 +76,8 @@ def prune_cli(checkpoint: str, *, out: str, method: PruneMethod = "wanda", spars
 
 def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: LowRankMethod = "asvd",
                 calib: str | None = None, calib_samples: int = 64, calib_length: int = 256,
-                text_column: str = "text", device: str = "cpu", overwrite: bool = False) -> dict[str, Any]:
+                text_column: str = "text", device: str = "cpu", merge: bool = False,
+                overwrite: bool = False) -> dict[str, Any]:
     """Factorise every attention and MLP projection into two low-rank linear layers (SVD, activation-aware SVD or
     whitened SVD); the checkpoint records the ranks and loads like any other.
 
@@ -92,13 +93,22 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
         calib_length: tokens per calibration sequence (at most)
         text_column: the text column of a --calib table
         device: cpu, cuda or auto
+        merge: the other way: multiply a factorised checkpoint's factors back into dense layers (for export gguf,
+            onnx, to-hf, which write plain layers)
         overwrite: replace an lmforge checkpoint already in --out
     """
     from ..checkpoint import save
-    from ..compress.lowrank import factorize
+    from ..compress.lowrank import factorize, merge_lowrank
+    from ..errors import ConfigError
 
     model = _source(checkpoint, out, calib, device, overwrite)
     before = model.num_parameters()
+    if merge:
+        if not model.config.lowrank:
+            raise ConfigError(f"{checkpoint} has no factorised layers to merge (its config has no lowrank entry)")
+        tokenizer = model.tokenizer
+        save(merge_lowrank(model), out, tokenizer, overwrite=True)
+        return _report("lowrank", before, model, out, "merged into dense layers")
     ranks = factorize(model, rank_ratio, method, calib=calib, calib_samples=calib_samples,
                       calib_length=calib_length, text_column=text_column)
     save(model, out, model.tokenizer, overwrite=True)

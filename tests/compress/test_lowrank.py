@@ -83,6 +83,14 @@ def test_checkpoint_round_trip_decodes_and_trains(tok, tmp_path):
     lmforge.save(model, tmp_path / "lr", tok)
     again = lmforge.load(tmp_path / "lr")
     assert again.config.lowrank["method"] == "svd-llm"
+    # exporters write plain layers: --merge gives them a dense checkpoint with the same outputs
+    assert main(["lowrank", str(tmp_path / "lr"), "--merge", "--out", str(tmp_path / "dense")]) == 0
+    assert main(["convert", "to-hf", str(tmp_path / "dense"), str(tmp_path / "hf")]) == 0
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, model(ids), atol=1e-4)
     with torch.no_grad():
         assert torch.equal(again(ids), model(ids))
     assert isinstance(lmforge.generate(again, "the movie", max_new_tokens=4), str)

@@ -83,6 +83,13 @@ def test_structured_pruning_equals_the_masked_original_and_loads(tok, tmp_path, 
         assert torch.allclose(again(ids), small(ids), atol=1e-6)
     if c0.arch == "decoder":
         assert isinstance(lmforge.generate(again, "the movie", max_new_tokens=4), str)
+    if preset == "llama-nano":  # a smaller shape, still one config: transformers reads its export as it is
+        import transformers
+
+        assert main(["convert", "to-hf", str(tmp_path / "small"), str(tmp_path / "hf")]) == 0
+        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+        with torch.no_grad():
+            assert torch.allclose(hf(ids).logits, small(ids), atol=1e-4)
 
 
 def test_head_importance_removes_the_head_that_does_nothing(tok):
