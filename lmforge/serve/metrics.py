@@ -6,6 +6,29 @@ import collections
 import threading
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ITL_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, sum and count (the caller holds the lock)."""
+
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.help, self.buckets = name, help_text, buckets
+        self.counts = [0] * len(buckets)
+        self.sum, self.n = 0.0, 0
+
+    def observe(self, value: float) -> None:
+        self.sum += value
+        self.n += 1
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+
+    def lines(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        out += [f'{self.name}_bucket{{le="{b}"}} {n}' for b, n in zip(self.buckets, self.counts)]
+        return out + [f'{self.name}_bucket{{le="+Inf"}} {self.n}', f"{self.name}_sum {self.sum:.6f}",
+                      f"{self.name}_count {self.n}"]
 
 
 class Metrics:
@@ -14,9 +37,10 @@ class Metrics:
         self.requests: collections.Counter = collections.Counter()  # (path, status) -> count
         self.generated = 0
         self.prompt = 0
-        self.ttft_counts = [0] * len(TTFT_BUCKETS)
-        self.ttft_sum = 0.0
-        self.ttft_n = 0
+        self.ttft = Histogram("lmforge_time_to_first_token_seconds", "From arrival to the first generated token.",
+                              TTFT_BUCKETS)
+        self.itl = Histogram("lmforge_inter_token_latency_seconds",
+                             "Between two tokens of one sequence (time per output token after the first).", ITL_BUCKETS)
 
     def request(self, path: str, status: int) -> None:
         with self._lock:
@@ -32,11 +56,11 @@ class Metrics:
 
     def observe_ttft(self, seconds: float) -> None:
         with self._lock:
-            self.ttft_sum += seconds
-            self.ttft_n += 1
-            for i, b in enumerate(TTFT_BUCKETS):
-                if seconds <= b:
-                    self.ttft_counts[i] += 1
+            self.ttft.observe(seconds)
+
+    def observe_itl(self, seconds: float) -> None:
+        with self._lock:
+            self.itl.observe(seconds)
 
     def render(self, *, queue: int, running: int) -> str:
         with self._lock:
@@ -52,13 +76,7 @@ class Metrics:
                       "# TYPE lmforge_queue_depth gauge", f"lmforge_queue_depth {queue}",
                       "# HELP lmforge_running_sequences Sequences in the decode batch.",
                       "# TYPE lmforge_running_sequences gauge", f"lmforge_running_sequences {running}",
-                      "# HELP lmforge_time_to_first_token_seconds From arrival to the first generated token.",
-                      "# TYPE lmforge_time_to_first_token_seconds histogram"]
-            for b, n in zip(TTFT_BUCKETS, self.ttft_counts):
-                lines.append(f'lmforge_time_to_first_token_seconds_bucket{{le="{b}"}} {n}')
-            lines += [f'lmforge_time_to_first_token_seconds_bucket{{le="+Inf"}} {self.ttft_n}',
-                      f"lmforge_time_to_first_token_seconds_sum {self.ttft_sum:.6f}",
-                      f"lmforge_time_to_first_token_seconds_count {self.ttft_n}"]
+                      *self.ttft.lines(), *self.itl.lines()]
         return "\n".join(lines) + "\n"
 
 

@@ -55,6 +55,7 @@ class Work:
     cancelled: bool = False
     arrived: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    last_token: dict[int, float] = field(default_factory=dict)  # choice index -> when its last token came
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -275,6 +276,9 @@ class Scheduler:
                 w.first_token = now
                 if self.metrics is not None:
                     self.metrics.observe_ttft(now - w.arrived)
+            elif self.metrics is not None and r.index in w.last_token:
+                self.metrics.observe_itl(now - w.last_token[r.index])
+            w.last_token[r.index] = now
             events.setdefault(id(w), {"type": "tokens", "work": w, "pieces": []})["pieces"].append(piece)
         if self.metrics is not None:
             self.metrics.tokens(len(rows))

@@ -36,8 +36,14 @@ def test_models_health_and_page(server):
     page = http("GET", server.url + "/")
     assert page.status_code == 200 and "<script>" in page.text and "textContent" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing fetched elsewhere
-    metrics = http("GET", server.url + "/metrics").text
-    assert "lmforge_generated_tokens_total" in metrics and "lmforge_time_to_first_token_seconds_bucket" in metrics
+    c.completions.create(model="tiny", prompt="the cat", max_tokens=5, temperature=0)
+    metrics = dict(line.rsplit(" ", 1) for line in http("GET", server.url + "/metrics").text.splitlines()
+                   if not line.startswith("#"))
+    assert int(metrics["lmforge_generated_tokens_total"]) >= 5
+    assert int(metrics["lmforge_time_to_first_token_seconds_count"]) >= 1
+    # 5 tokens: 4 gaps between them, each in the +Inf bucket and in the sum
+    assert int(metrics["lmforge_inter_token_latency_seconds_count"]) >= 4
+    assert int(metrics['lmforge_inter_token_latency_seconds_bucket{le="+Inf"}']) >= 4
 
 
 def test_completions_greedy_equal_generate_stream_or_not(server, decoder):
