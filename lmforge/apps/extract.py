@@ -148,8 +148,11 @@ def dot(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def layout(n: int, edges: list[tuple[int, int]], seed: int = 0, steps: int = 200) -> np.ndarray:
-    """Fruchterman-Reingold positions (n, 2) in [0, 1]."""
+def layout(n: int, edges: list[tuple[int, int]], seed: int = 0, steps: int = 200, gravity: float = 10.0
+           ) -> np.ndarray:
+    """Fruchterman-Reingold positions (n, 2) in [0, 1], with a pull towards the centre (`gravity`): without it the
+    separate components of a graph (one per sentence, often) fly apart and, once scaled into the square, each
+    collapses onto itself with its labels on top of each other."""
     rng = np.random.default_rng(seed)
     pos = rng.random((n, 2))
     if n <= 1:
@@ -166,6 +169,7 @@ def layout(n: int, edges: list[tuple[int, int]], seed: int = 0, steps: int = 200
             pull = d / length * length * length / k
             force[a] -= pull
             force[b] += pull
+        force -= gravity * k * (pos - pos.mean(0))
         length = np.maximum(np.linalg.norm(force, axis=1), 1e-9)
         pos += force / length[:, None] * np.minimum(length, temperature)[:, None]
         temperature *= 0.98

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import lmforge
-from lmforge.apps.extract import sentences_of, words_of
+from lmforge.apps.extract import layout, sentences_of, words_of
 from lmforge.cli import main
 from lmforge.errors import DataError
 from lmforge.finetune.relations import (RelationSentence, encode, finetune_relations, read_spert, relation_report)
@@ -137,3 +137,13 @@ def test_sentences_and_words_keep_offsets():
         assert text[offset:offset + len(s)] == s
     assert [w for w, _, _ in words_of("U.S.-based O'Neil's co-op, 3.5%")] == [
         "U", ".", "S", ".", "-", "based", "O'Neil's", "co-op", ",", "3", ".", "5", "%"]
+
+
+def test_graph_layout_keeps_separate_components_readable():
+    import numpy as np
+
+    edges = [(0, 1), (0, 2), (1, 2), (3, 4), (5, 6), (7, 8)]  # four sentences' worth of separate components
+    pos = layout(9, edges)
+    assert pos.shape == (9, 2) and pos.min() >= 0 and pos.max() <= 1
+    dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)[np.triu_indices(9, 1)]
+    assert dist.min() > 0.15  # without the pull to the centre: 0.03 (the labels of a pair overlap)
