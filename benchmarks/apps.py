@@ -12,8 +12,8 @@ Stages (each writes <out>/<stage>.json and prints its figures with `uptime`):
   sentence-transformers' on the same pairs.
 - retrieval: SQuAD v1.1 dev: the 2,067 paragraphs indexed (exact; FAISS HNSW), recall@1/5/20 of the 10,570
   questions (the question's own paragraph among the top k).
-- ngram: WikiText-2 words, train -> valid: modified Kneser-Ney of orders 2-5, lmforge vs the kenlm module on the
-  same ARPA file.
+- ngram: WikiText-2 words, train -> valid: modified Kneser-Ney of orders 1-5, lmforge vs the kenlm module on the
+  same ARPA file (orders 2-5: kenlm reads no unigram model).
 - lm: WikiText-2 through a BPE tokenizer (8k, trained on train): n-gram orders 1-5 and a Transformer trained on
   the same token files for --lm-minutes, all scored on the whole valid file.
 - relations: CoNLL04 (SpERT split), MiniLM fine-tuned for --re-minutes, strict relation micro-F1 on dev.
@@ -166,20 +166,22 @@ def stage_ngram(args, out: Path) -> dict:
         train = work / "train.small"
         train.write_text("".join(open(work / "wiki.train.tokens", encoding="utf-8").readlines()[:2000]))
     rows = {}
-    for order in (2, 3, 4, 5):
+    for order in (1, 2, 3, 4, 5):
         arpa = work / f"words-kn{order}.arpa"
         trained = ngram_train([str(train)], out=str(arpa), order=order, overwrite=True)
         ours = ngram_perplexity(str(arpa), str(valid))
-        start = time.time()
-        model = kenlm.Model(str(arpa))
-        total, count = 0.0, 0
-        for line in open(valid, encoding="utf-8"):
-            if line.split():
-                total += model.score(line.strip(), bos=True, eos=True)
-                count += len(line.split()) + 1
-        rows[order] = {"ppl_lmforge": ours["ppl"], "ppl_kenlm": 10 ** (-total / count), "tokens": ours["tokens"],
-                       "kenlm_tokens": count, "train_seconds": trained["seconds"], "ngrams": trained["ngrams"],
-                       "discounts": trained["discounts"][-1], "kenlm_seconds": time.time() - start}
+        rows[order] = {"ppl_lmforge": ours["ppl"], "tokens": ours["tokens"], "train_seconds": trained["seconds"],
+                       "ngrams": trained["ngrams"], "discounts": trained["discounts"][-1]}
+        if order >= 2:  # kenlm reads bigram models and up only
+            start = time.time()
+            model = kenlm.Model(str(arpa))
+            total, count = 0.0, 0
+            for line in open(valid, encoding="utf-8"):
+                if line.split():
+                    total += model.score(line.strip(), bos=True, eos=True)
+                    count += len(line.split()) + 1
+            rows[order].update(ppl_kenlm=10 ** (-total / count), kenlm_tokens=count,
+                               kenlm_seconds=time.time() - start)
         print(order, rows[order], flush=True)
     return save(out, "ngram", {"unit": "words (WikiText-2's own tokens, <unk> included, one </s> per line)",
                                "orders": rows})
