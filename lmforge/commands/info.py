@@ -56,19 +56,9 @@ def analyse(config: ModelConfig, context: int | None = None, batch_size: int = 1
         else:
             groups["head"] += p.numel()
     total = sum(groups.values())
-    # matrix multiplies per token: each block's linear layers, counted once per use (shared layers are reused)
-    linear_per_token = 0.0
-    blocks_total = 0
-    for stack in (model.encoder, model.decoder):
-        if stack is None:
-            continue
-        weights = sum(p.numel() for n, p in stack.layers.named_parameters() if n.endswith("weight") and p.dim() == 2)
-        linear_per_token += weights * stack.n_layers / len(stack.layers)
-        blocks_total += stack.n_layers
-    head = config.d_model * config.vocab_size if config.head == "lm" else config.d_model * max(config.num_labels, 1)
-    attn_width = config.n_head * config.head_dim
-    attn_flops = 4 * blocks_total * T * attn_width  # QK^T and AV against T keys (Kaplan et al.)
-    forward = 2 * (linear_per_token + head) + attn_flops
+    from ..model.flops import flops_per_token
+
+    forward = flops_per_token(model, T)["forward"]  # (shared with training's MFU)
     kv_per_token = 2 * config.decoder_layers * config.n_kv_head * config.head_dim
     # activation memory of training per layer and token, 16-bit, no recomputation: Korthikanti et al. (2022)'s count
     # (34 h bytes for GPT-2's block) spelled out for GQA and gated MLPs, without the 5aT bytes of attention scores,

@@ -16,7 +16,8 @@ from typing import Any
 
 from .. import io as lio
 
-CSV_FIELDS = ["step", "split", "loss", "ppl", "lr", "grad_norm", "tokens", "tok_per_s", "elapsed", "metric", "value"]
+CSV_FIELDS = ["step", "split", "loss", "ppl", "lr", "grad_norm", "tokens", "tok_per_s", "elapsed", "metric", "value",
+              "mfu"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ class MetricsLogger:
         self._csv.flush()
         if self.tb is not None:
             split = row.get("split", "train")
-            for key in ("loss", "ppl", "lr", "grad_norm", "tok_per_s", "value"):
+            for key in ("loss", "ppl", "lr", "grad_norm", "tok_per_s", "mfu", "value"):
                 if isinstance(row.get(key), (int, float)):
                     name = row.get("metric", key) if key == "value" else key
                     self.tb.add_scalar(f"{split}/{name}", row[key], row["step"])

@@ -36,7 +36,8 @@ class TrainConfig:
     patience: int | None = _opt(None, "early stopping: stop after N evaluations without improvement")
     log_every: int = _opt(10, "log training metrics every N steps")
     seed: int = _opt(1337, "seed for initialisation, data order, masking and dropout")
-    compile: bool = _opt(False, "torch.compile the model")
+    compile: Literal["auto", "on", "off"] = _opt("auto", "torch.compile each block: on | off | auto (compile when the rest of the run is long enough to pay for compiling and a timed probe shows compiled steps faster)")
+    peak_tflops: float | None = _opt(None, "the device's peak TFLOP/s at the training dtype, for MFU (default: measured with a matrix multiply once, cached)")
     strategy: Literal["ddp", "fsdp"] = _opt("ddp", "under torchrun: ddp replicates the model in every process; fsdp "
                                                    "(FSDP2) shards weights, gradients and optimizer state across them, "
                                                    "and writes sharded checkpoints")
@@ -51,6 +52,8 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar")
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # (run.json files written before --compile took auto | on | off)
+            self.compile = "on" if self.compile else "off"
         check_field_types(self, prefix="--")
         positive = ("batch_size", "grad_accum")
         for name in positive:
@@ -72,6 +75,11 @@ class TrainConfig:
         if self.patience is not None and self.eval_every == 0:
             raise ConfigError("--patience counts evaluations, and --eval-every 0 evaluates only at the end; give "
                               "--eval-every N to stop early")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"--compile={self.compile!r} is not allowed; use auto | on | off")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"--peak-tflops={self.peak_tflops} must be > 0 (the device's peak, e.g. 989 for an "
+                              "H100's bf16)")
         if self.log_every < 1:
             raise ConfigError("--log-every must be >= 1")
         for name in ("beta1", "beta2", "label_smoothing", "mlm_probability"):

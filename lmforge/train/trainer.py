@@ -35,9 +35,11 @@ from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..model import Transformer
 from .distributed import (collective_dir, gradient_sync, load_model_state, load_optimizer_state_shards, model_state,
                           optimizer_state_shards, parallelize, setup_distributed, whole_weights)
+from ..model.flops import flops_per_token
 from .logs import MetricsLogger, plot_losses
 from .objectives import Objective
 from .options import TrainConfig
+from .speed import CompileProbe, mfu, peak_flops
 
 STATE_DIR = "state"
 SHARDED_OPTIMIZER = "optimizer.dcp"
@@ -52,6 +54,7 @@ class TrainState:
     best_step: int = 0
     bad_evals: int = 0
     stopped_early: bool = False
+    compiled: str | None = None  # --compile auto's decision ("on" | "off"; None until made), kept for a resume
 
 
 # ---- optimizer and schedule ----------------------------------------------------------------------------
@@ -245,11 +248,18 @@ class Trainer:
                   f"learning rate never reaches --lr={config.lr:g}", flush=True)
         if resume and not self.sharded:
             self._load_weights_for_resume()
-        if config.compile:
-            for stack in (self.model.encoder, self.model.decoder):
-                if stack is not None:
-                    for block in stack.layers:
-                        block.compile()
+        # model FLOPs per trained token at sequence length T: a + b * T (MFU in the logs and the summary)
+        base = flops_per_token(self.model, 0)["train"]
+        self._flops = (base, flops_per_token(self.model, 1)["train"] - base)
+        self._seq_len = config.context or self.model.config.context_length
+        self.peak: float | None = None
+        if self.dist.main:
+            try:
+                self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, config.peak_tflops)
+            except RuntimeError:  # (a device without matrix multiplies at this dtype: no MFU)
+                self.peak = None
+        if config.compile == "on":
+            self._compile_blocks(True)
         # the loss is computed inside one module's forward, so DDP and FSDP see every use of the weights, whatever
         # methods of the model an objective calls (masked LM uses encode + the head on masked positions)
         self.train_model: nn.Module = parallelize(ObjectiveModule(self.model, objective), self.model, config.strategy,
@@ -258,6 +268,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if resume:
             self._load_state()
+        self.probe: CompileProbe | None = None
+        if config.compile == "auto":
+            if self.state.compiled == "on":
+                self._compile_blocks(True)
+            elif self.state.compiled is None and self.dist.world == 1:  # (every process must decide alike: eager)
+                self.probe = CompileProbe(self.device, self.max_steps - self.state.step)
+        self._prefetched: tuple[int, list[dict[str, torch.Tensor]]] | None = None
+
+    def _compile_blocks(self, on: bool) -> None:
+        """torch.compile each block (one graph, reused by every layer of the same shape), or undo it."""
+        for stack in (self.model.encoder, self.model.decoder):
+            if stack is not None:
+                for block in stack.layers:
+                    if on:
+                        block.compile()
+                    else:
+                        block._compiled_call_impl = None
 
     # ---- setup helpers ---------------------------------------------------------------------------------
     def _amp_dtype(self, name: str) -> torch.dtype | None:
@@ -436,12 +463,17 @@ class Trainer:
     def accumulate_gradients(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward and backward over the step's micro-batches; the gradient is that of the mean loss over all
         targets of the step (across micro-batches and processes), however they are split."""
-        c = self.config
-        batches = [self.objective.batch(self.first_sample(step, m), c.batch_size) for m in range(c.grad_accum)]
-        batches = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in batches]
+        if self._prefetched is not None and self._prefetched[0] == step:
+            batches = self._prefetched[1]
+        else:
+            batches = self._device_batches(step)
+        self._prefetched = None
         count = self.dist.all_sum(sum(self.objective.count(b) for b in batches).to(self.device).float())
         tokens = sum(self.objective.tokens(b) for b in batches) * self.dist.world
-        loss_sum = torch.zeros((), device=self.device)
+        ids = batches[0].get("input_ids")
+        if ids is not None and ids.dim() == 2:
+            self._seq_len = ids.shape[1]
+        loss_sum = None
         for m, batch in enumerate(batches):
             with gradient_sync(self.train_model, m == len(batches) - 1), self.autocast():
                 loss, _ = self.train_model(batch)
@@ -450,14 +482,31 @@ class Trainer:
                 self.scaler.scale(scaled).backward()
             else:
                 scaled.backward()
-            loss_sum += loss.detach().float()
+            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
         return self.dist.all_sum(loss_sum), count, tokens
+
+    def _device_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """The step's micro-batches on the device; on CUDA copied from pinned memory without waiting."""
+        c = self.config
+        batches = [self.objective.batch(self.first_sample(step, m), c.batch_size) for m in range(c.grad_accum)]
+        if self.device.type == "cpu":
+            return batches
+        pin = self.device.type == "cuda"
+        return [{k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in b.items()}
+                for b in batches]
+
+    def _prefetch(self, step: int) -> None:
+        """On a GPU, build and send the next step's batches while this step still runs there. Only for batches
+        that are pure functions of the step: a streamed corpus's readers keep their position for the checkpoint."""
+        if self.device.type == "cuda" and step < self.max_steps and self.objective.data_state() is None:
+            self._prefetched = (step, self._device_batches(step))
 
     def _step(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         c = self.config
         lr = lr_at(step, c, self.max_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if self.optimizer.param_groups[0]["lr"] != lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         loss_sum, count, tokens = self.accumulate_gradients(step)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -471,7 +520,32 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._prefetch(step + 1)
         return loss_sum / count, grad_norm, tokens
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation of a training throughput (this process's share of the tokens on its device)."""
+        a, b = self._flops
+        return mfu(a + b * self._seq_len, tokens_per_s / self.dist.world, self.peak)
+
+    def _probe_step(self, seconds: float) -> None:
+        """--compile auto: feed the probe a step's time; compile or uncompile when it says so."""
+        probe = self.probe
+        probe.observe(seconds)
+        if probe.wants_compile:
+            probe.wants_compile = False
+            self._compile_blocks(True)
+        if probe.decision is not None:
+            if probe.decision == "off" and probe.phase == "compiled":
+                self._compile_blocks(False)
+            self.state.compiled = probe.decision
+            self.compile_report = probe.report
+            self.probe = None
+            if self.dist.main:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"--compile auto: {'compiled' if probe.decision == 'on' else 'eager'} "
+                           f"({probe.report['why']})")
 
     def fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -502,7 +576,13 @@ class Trainer:
         window_start, window_tokens = time.time(), 0
         evaluated_at = -1
         while st.step < self.max_steps:
+            probing = self.probe is not None
+            t0 = time.perf_counter() if probing else 0.0
             loss, grad_norm, tokens = self._step(st.step)
+            if probing:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self._probe_step(time.perf_counter() - t0)
             st.step += 1
             st.tokens += tokens
             window_tokens += tokens
@@ -519,6 +599,9 @@ class Trainer:
                        "lr": float(f"{lr_at(st.step - 1, c, self.max_steps):.6g}"),
                        "grad_norm": round(float(grad_norm), 6), "tokens": st.tokens, "tok_per_s": round(rate, 1),
                        "elapsed": round(st.elapsed, 2)}
+                utilisation = self.mfu(rate)
+                if utilisation is not None:
+                    row["mfu"] = round(utilisation, 4)
                 if logger:
                     logger.log(row)
                 bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}", lr=f"{row['lr']:.2e}", refresh=False)
@@ -546,8 +629,15 @@ class Trainer:
     def summary(self) -> dict[str, Any]:
         st = self.state
         last = self.last_eval or {}
+        rate = st.tokens / max(st.elapsed, 1e-9)
+        utilisation = self.mfu(rate)
+        speed = {"mfu": round(utilisation, 4) if utilisation is not None else None,
+                 "peak_tflops": round(self.peak / 1e12, 3) if self.peak else None,
+                 "flops_per_token": int(self._flops[0] + self._flops[1] * self._seq_len),
+                 "compile": self.config.compile if self.config.compile != "auto" else
+                 {"auto": st.compiled or "off", **getattr(self, "compile_report", {})}}
         return {"steps": st.step, "max_steps": self.max_steps, "tokens": st.tokens, "seconds": round(st.elapsed, 1),
-                "tok_per_s": round(st.tokens / max(st.elapsed, 1e-9), 1), "val_loss": last.get("loss"),
+                "tok_per_s": round(rate, 1), **speed, "val_loss": last.get("loss"),
                 "val_ppl": last.get("ppl"), "best_val": st.best_val,
                 "best_step": st.best_step, "stopped_early": st.stopped_early,
                 **({k: v for k, v in last.items() if k not in ("loss", "ppl")}),
