@@ -40,54 +40,84 @@ def stage_smollm(args, out: Path) -> dict:
     import lmforge
     from lmforge.compress.lowrank import factorize
     from lmforge.compress.prune import prune
-    from lmforge.compress.report import Entry, markdown_table, run_report, write_report
+    from lmforge.compress.report import Entry, decode_speed, prefill_speed, run_report, write_report
 
     wiki = need(Path(args.shared) / "wikitext2")
     valid, train = wiki / "wiki.valid.tokens.gz", wiki / "wiki.train.tokens.gz"
     original = lmforge.load(smollm_path(), dtype="fp32").eval()
     calib = dict(calib=str(train), calib_samples=args.calib_samples, calib_length=args.calib_length, progress=False)
+    timed = {"SmolLM2-135M fp32": original}  # the models whose speed is measured (the others' equals one of these)
 
-    def pruned(method, **kw):
-        return lambda: prune(copy.deepcopy(original), method, **kw, **calib).eval()
+    def keep(name, model):
+        if name in args.speed_of.split(","):
+            timed[name] = model
+        return model.eval()
 
-    def factorised(method, ratio):
+    def pruned(name, method, **kw):
+        return lambda: keep(name, prune(copy.deepcopy(original), method, **kw, **calib))
+
+    def factorised(name, method, ratio):
         def make():
             model = copy.deepcopy(original)
             factorize(model, ratio, method, **calib)
-            return model.eval()
+            return keep(name, model)
         return make
 
-    entries = [
-        Entry("magnitude-50%", pruned("magnitude", sparsity=0.5), "unstructured, |W| per layer"),
-        Entry("wanda-50%", pruned("wanda", sparsity=0.5), "unstructured, |W| x ||X|| per row"),
-        Entry("2:4-wanda", pruned("2:4"), "2 of every 4 inputs, Wanda score"),
-        Entry("heads+neurons-30%", pruned("heads,neurons", amount=0.3), "structured: heads and MLP neurons removed"),
-        Entry("neurons-30%", pruned("neurons", amount=0.3), "structured: MLP neurons removed"),
-    ]
+    specs = [("magnitude-50%", "magnitude", dict(sparsity=0.5), "unstructured, |W| per layer"),
+             ("wanda-50%", "wanda", dict(sparsity=0.5), "unstructured, |W| x ||X|| per row"),
+             ("2:4-wanda", "2:4", {}, "2 of every 4 inputs, Wanda score"),
+             ("heads+neurons-30%", "heads,neurons", dict(amount=0.3), "structured: heads and MLP neurons removed")]
+    entries = [Entry(n, pruned(n, m, **kw), what) for n, m, kw, what in specs if n in args.entries.split(",")]
     for ratio in (0.8, 0.5):
         for method in ("svd", "asvd", "svd-llm"):
-            entries.append(Entry(f"{method}-{round(100 * (1 - ratio))}%", factorised(method, ratio),
-                                 f"low rank, {ratio:.0%} of the factorised layers' parameters"))
+            name = f"{method}-{round(100 * (1 - ratio))}%"
+            if name in args.entries.split(","):
+                entries.append(Entry(name, factorised(name, method, ratio),
+                                     f"low rank, {ratio:.0%} of the factorised layers' parameters"))
     torch.manual_seed(0)
-    result = run_report(original, str(valid), entries, windows=args.windows, context=args.context,
-                        batch8=False, progress=True, reference_name="SmolLM2-135M fp32")
+    result = run_report(original, str(valid), entries, windows=args.windows, context=args.context, speed=False,
+                        progress=True, reference_name="SmolLM2-135M fp32")
+    # speed: decode at batch 1 and prefill, interleaved over the models (best of rounds), so that every model meets
+    # the same load on this shared machine
+    speed = {name: {"decode_b1": 0.0, "prefill": 0.0} for name in timed}
+    for _ in range(args.speed_rounds):
+        for name, model in timed.items():
+            speed[name]["decode_b1"] = max(speed[name]["decode_b1"], decode_speed(model, 1, new=32, repeats=1))
+            speed[name]["prefill"] = max(speed[name]["prefill"], prefill_speed(model, repeats=1))
+    base = speed["SmolLM2-135M fp32"]
+    for r in result["rows"]:
+        if r["name"] in speed:
+            r.update(speed[r["name"]])
+            r.update({k + "_ratio": speed[r["name"]][k] / base[k] for k in ("decode_b1", "prefill")})
     meta = {"model": str(smollm_path()), "data": str(valid), "calib": str(train), "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d"), "calib_samples": args.calib_samples, "calib_length": args.calib_length}
+            "date": time.strftime("%Y-%m-%d"), "calib_samples": args.calib_samples, "calib_length": args.calib_length,
+            "speed": speed}
     rows = [dict(r) for r in result["rows"]]
+    # the report's table and plot: quality and size for every entry (speed only for some: in meta and printed here)
+    result["rows"] = [{k: v for k, v in r.items() if not k.startswith(("decode", "prefill"))} for r in rows]
     write_report(result, out / "smollm", "SmolLM2-135M-Instruct: pruning and low-rank factorisation", meta)
-    print(markdown_table({"rows": rows}))
+    for r in rows:
+        extra = (f"  decode b1 {r['decode_b1']:.1f} tok/s ({r['decode_b1_ratio']:.2f}x), prefill {r['prefill']:.0f} "
+                 f"tok/s ({r['prefill_ratio']:.2f}x)") if "decode_b1" in r else ""
+        print(f"{r['name']:20s} {r['bytes'] / 1e6:7.1f} MB  ppl {r['ppl']:8.3f} ({r['ppl_change_pct']:+7.2f}%)  KL "
+              f"{r['kl_mean']:.4f}  top-1 {100 * r['top1']:.2f}%{extra}", flush=True)
     return {"rows": rows, **meta}
 
 
 def main() -> None:
     ap = parser(__doc__, "bench-out/compress")
-    ap.add_argument("--stages", default="smollm,sst2")
-    ap.add_argument("--windows", type=int, default=12, help="WikiText-2 valid windows for perplexity and KL")
+    ap.add_argument("--stages", default="sst2,smollm")
+    ap.add_argument("--windows", type=int, default=8, help="WikiText-2 valid windows for perplexity and KL")
+    ap.add_argument("--entries", default="magnitude-50%,wanda-50%,2:4-wanda,heads+neurons-30%,svd-20%,asvd-20%,"
+                    "svd-llm-20%,svd-50%,asvd-50%,svd-llm-50%", help="smollm: the compressed models measured")
+    ap.add_argument("--speed-of", default="wanda-50%,heads+neurons-30%,svd-llm-50%",
+                    help="smollm: the entries whose decode and prefill speed is measured (with the original)")
+    ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--context", type=int, default=256)
-    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--calib-length", type=int, default=256)
-    ap.add_argument("--train-limit", type=int, default=8000, help="SST-2 training rows used")
-    ap.add_argument("--steps", type=int, default=250, help="SST-2: training steps of the teacher and of each student")
+    ap.add_argument("--train-limit", type=int, default=4000, help="SST-2 training rows used")
+    ap.add_argument("--steps", type=int, default=120, help="SST-2: training steps of the teacher and of each student")
     args = ap.parse_args()
     run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2})
 
@@ -111,8 +141,8 @@ def stage_sst2(args, out: Path) -> dict:
                   overwrite=True)
 
     def options(lr):
-        return FinetuneConfig(max_steps=args.steps, batch_size=32, lr=lr, warmup_steps=30, eval_every=args.steps // 2,
-                              eval_batches=0, save_every=args.steps // 2, max_length=64, progress=False)
+        return FinetuneConfig(max_steps=args.steps, batch_size=32, lr=lr, warmup_steps=30, eval_every=args.steps,
+                              eval_batches=0, save_every=args.steps, max_length=64, progress=False)
 
     rows = {}
     teacher_dir = root / "teacher"
