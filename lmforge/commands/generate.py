@@ -158,6 +158,7 @@ def generate_cli(
     batch_size: int = 8,
     truncate: Literal["error", "left"] = "error",
     ignore_eos: bool = False,
+    compile: Literal["off", "static", "on"] = "off",
     device: str = "cpu",
     dtype: str = "auto",
     runtime: Runtime = "auto",
@@ -189,6 +190,8 @@ def generate_cli(
         batch_size: prompts decoded together.
         truncate: a prompt longer than the context is an error, or loses its start (left).
         ignore_eos: keep generating after the end-of-text token.
+        compile: the decode step: off (the model's forward) | static (a static KV cache, the step written out) | on
+            (that step compiled by torch.compile: minutes on a small CPU the first time); decoders, equal-length prompts.
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
         runtime: torch | onnx (an ONNX export folder, run by ONNX Runtime: `lmforge export onnx`) | auto (onnx for
@@ -207,7 +210,7 @@ def generate_cli(
         early_stopping={"false": False, "true": True, "never": "never"}[early_stopping],
         num_return_sequences=num_return_sequences, repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram, stop=stop or None, seed=seed, truncate=truncate,
-        ignore_eos=ignore_eos, batch_size=batch_size,
+        ignore_eos=ignore_eos, batch_size=batch_size, compile=compile,
         **_sampling_options(sample, temperature, top_k, top_p, min_p))
     GenerationOptions.from_kwargs(**options)  # bad options fail before the model loads
     if out is not None:

@@ -193,8 +193,8 @@ def final_text(tokenizer, prompt: list[int], tokens: list[int], eos: frozenset, 
 def _run_chunk(model, prompts: list[list[int]], spec: ModelSpec, opts: GenerationOptions, tokenizer,
                seed: int) -> list[list[tuple[Hypothesis, str | None]]]:
     """Generate for one batch of prompts; per prompt, its hypotheses with their texts."""
-    runner = Runner(model, prompts, opts.max_new_tokens, use_cache=opts.use_cache, pad_id=spec.pad,
-                    decoder_start_id=spec.decoder_start)
+    runner = Runner(model, prompts, opts.max_new_tokens, use_cache=opts.use_cache, compile=opts.compile,
+                    pad_id=spec.pad, decoder_start_id=spec.decoder_start)
     eos = frozenset(spec.eos)
     stops = opts.stops
     dec = spec.arch == "decoder"
@@ -288,8 +288,8 @@ def stream_text(model, prompt: list[int], spec: ModelSpec, opts: GenerationOptio
     text_prompt = prompt if spec.arch == "decoder" else []
     row = RowState(prompt if spec.arch == "decoder" else [spec.decoder_start], eos,
                    IncrementalDecoder(tokenizer, text_prompt, opts.skip_special_tokens), StopMatcher(opts.stops))
-    runner = Runner(model, [prompt], opts.max_new_tokens, use_cache=opts.use_cache, pad_id=spec.pad,
-                    decoder_start_id=spec.decoder_start)
+    runner = Runner(model, [prompt], opts.max_new_tokens, use_cache=opts.use_cache, compile=opts.compile,
+                    pad_id=spec.pad, decoder_start_id=spec.decoder_start)
     seeds = [sample_seed(_base_seed(opts), 0)]
     with _eval_mode(model):
         for _ in sample_steps(runner, [row], opts, spec.pad, seeds):

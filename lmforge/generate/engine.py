@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..model.cache import KVCache
 from ..model.fast import fast_inference
 from . import processors as P
+from . import static as S
 from .options import GenerationOptions
 from .text import IncrementalDecoder, StopMatcher
 
@@ -31,8 +32,10 @@ class Runner:
     """One batch of prompts on one model: prefill once, then a token per row per step."""
 
     def __init__(self, model, prompts: list[list[int]], max_new_tokens: int, *, use_cache: bool = True,
-                 pad_id: int = 0, decoder_start_id: int = 0) -> None:
+                 pad_id: int = 0, decoder_start_id: int = 0, compile: str = "off") -> None:
         self.model = model
+        self.compile = compile  # "static" | "on": the static decode step (lmforge.generate.static), where it applies
+        self.static: S.StaticDecoder | None = None
         self.enc_dec = model.config.arch == "encoder_decoder"
         self.use_cache = use_cache
         self.device = model.device
@@ -75,6 +78,10 @@ class Runner:
             else:
                 self.seq = dec
             return self._logits(model.decode(dec, self.enc_hidden, self.enc_mask, cache=self.cache))
+        if self.use_cache and self.compile != "off" and not self.padded and S.supports(model) is None:
+            mode = None if self.compile == "static" else ("reduce-overhead" if self.device.type == "cuda" else "default")
+            self.static = S.StaticDecoder.get(model, B, self.prompt_len + self.max_new_tokens, mode)
+            return self.static.prefill(self.ids)
         if self.use_cache:
             self.cache = KVCache.for_model(model, B, self.prompt_len + self.max_new_tokens)
             if self.padded:  # the mask for every position the cache will hold: new tokens are real
@@ -108,6 +115,8 @@ class Runner:
                 self.enc_mask = self.enc_mask.index_select(0, index)
         if self.cache is not None:
             self.cache.reorder(index, cross=cross)
+        if self.static is not None:
+            self.static.reorder(index)
         if self.seq is not None:
             self.seq = self.seq.index_select(0, index)
 
@@ -119,6 +128,8 @@ class Runner:
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         model = self.model
         tokens = tokens.to(self.device).view(-1, 1)
+        if self.static is not None:
+            return self.static.step(tokens)
         if self.enc_dec:
             if self.cache is not None:
                 hidden = model.decode(tokens, self.enc_hidden, self.enc_mask, cache=self.cache)

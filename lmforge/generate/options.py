@@ -38,6 +38,8 @@ class GenerationOptions:
     pad_token_id: int | None = None  # fills finished rows in token-id outputs; None: the model's
     ignore_eos: bool = False  # never stop at EOS (benchmarks)
     use_cache: bool = True  # False recomputes the whole sequence at every step (for testing)
+    compile: str = "off"  # the decode step: "off" (the model's forward), "static" (a static KV cache and the step
+    # written out, lmforge.generate.static), "on" (that step torch.compile'd: inductor on a CPU, CUDA graphs on a GPU)
     batch_size: int | None = None  # prompts per forward pass; None: all at once
     truncate: str = "error"  # "error": a prompt that does not fit the context is an error; "left": drop its start
     skip_special_tokens: bool = True  # text outputs leave out special tokens (EOS, chat markers)
@@ -106,6 +108,9 @@ class GenerationOptions:
             if not -2 <= getattr(self, name) <= 2:
                 raise ConfigError(f"{name}={getattr(self, name)} is out of range; use -2 <= {name} <= 2 "
                                   "(0 = none, > 0 discourages repeats), as OpenAI's API")
+        if self.compile not in ("off", "static", "on"):
+            raise ConfigError(f"compile={self.compile!r} is not allowed; use off | static | on (a static KV cache with the "
+                              "decode step compiled)")
         _number("length_penalty", self.length_penalty)
         if self.early_stopping not in (True, False, "never"):
             raise ConfigError(f"early_stopping={self.early_stopping!r} is not allowed; use true | false | never")
