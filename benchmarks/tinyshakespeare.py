@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import nanogpt_ref  # noqa: E402
+import train_step  # noqa: E402
 
 import lmforge  # noqa: E402
 from lmforge.data.prepare import prepare_corpus  # noqa: E402
@@ -54,7 +55,8 @@ def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_e
     rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") == "train" and r["step"] > log_every]
     rates = [r["tok_per_s"] for r in rows]
     val = perplexity(lmforge.load(out / "last"), str(data), "val", context=64, batch_size=64)["loss"]
-    return {"iters": summary["steps"], "wall_s": wall, "train_s": summary["seconds"],
+    return {"iters": summary["steps"], "wall_s": wall, "train_s": summary["seconds"], "mfu": summary.get("mfu"),
+            "compile": summary.get("compile"),
             "median_ms_per_step": 1000 * 768 / statistics.median(rates), "tok_per_s": statistics.median(rates),
             "val_loss": val, "parameters": lmforge.load(out / "last").num_parameters(), "curve": [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl")
                                        if r.get("split") == "train"]}
@@ -112,6 +114,16 @@ def main() -> None:
                         max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1)
     print(f"      val loss {timed['val_loss']:.4f}, trained in {timed['train_s']:.0f}s (budget {budget_s:.0f}s)", flush=True)
 
+    # the bare step (forward, backward, clip, AdamW on a fixed batch: benchmarks/train_step.py) of each model in the
+    # same run and dtype: what the loop around it costs
+    from lmforge.device import native_bf16
+
+    bf16 = args.dtype == "bf16" or (args.dtype == "auto" and native_bf16(torch.device("cpu")))
+    for r, name in ((same, "gpt-nano"), (llama, "llama-nano")):
+        r["bare_ms"] = train_step.step_ms(name, bf16, False)
+        r["loop_vs_bare"] = r["median_ms_per_step"] / r["bare_ms"]
+        print(f"      {name}: bare step {r['bare_ms']:.1f} ms, the loop's median step {r['median_ms_per_step']:.1f} ms "
+              f"({r['loop_vs_bare']:.2f}x), MFU {100 * (r['mfu'] or 0):.1f}%", flush=True)
     ref["parameters"] = sum(p.numel() for p in model.parameters())
     rows = [("nanoGPT recipe (reference)", ref), ("lmforge gpt-nano", same), ("lmforge llama-nano", llama),
             ("lmforge llama-nano, ref's time", timed)]
@@ -126,6 +138,10 @@ def main() -> None:
         "same architecture: val loss within 0.02 of the reference": abs(same["val_loss"] - ref["val_loss"]) <= 0.02,
         "val loss <= 1.88 after the recipe's iterations (llama-nano)": llama["val_loss"] <= 1.88,
         "throughput >= 20,000 tokens/s (gpt-nano and llama-nano)": min(same["tok_per_s"], llama["tok_per_s"]) >= 20000,
+        "the loop within 10% of the bare step (gpt-nano and llama-nano)": max(same["loop_vs_bare"],
+                                                                            llama["loop_vs_bare"]) <= 1.10,
+        "gpt-nano >= 1.5x and llama-nano >= 1.3x the reference's tokens/s": same["tok_per_s"] >= 1.5 * ref["tok_per_s"]
+        and llama["tok_per_s"] >= 1.3 * ref["tok_per_s"],
         "in the reference's wall-clock: lower val loss": timed["val_loss"] < ref["val_loss"]
         and timed["wall_s"] <= ref["wall_s"],
     }

@@ -1,0 +1,128 @@
+"""What the training loop costs beside the model's work: `Trainer._step` against the bare step of
+benchmarks/train_step.py, interleaved in one process (so other jobs on a shared machine slow both alike), and
+optionally a torch.profiler table of each.
+
+    python benchmarks/train_loop.py [--models gpt-nano,llama-nano] [--rounds 8] [--threads 1] [--profile]
+        [--data bench-out/shakespeare/data]
+
+Both run nanoGPT's CPU recipe shape (batch 12 x context 64, bf16 autocast where native, AdamW fused, clip 1.0) on
+the same model preset; the Trainer reads its batches from prepared Tiny Shakespeare (prepared here from
+../shared/data unless --data points at a prepared folder), the bare step reuses one random batch. Prints per model
+the median step time of each and their ratio (the issue's target: the loop within 10% of the bare step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99, weight_decay=0.1,
+              grad_clip=1.0)
+
+
+def prepared(data: str | None, shared: Path, tmp: Path) -> Path:
+    if data:
+        return Path(data)
+    from lmforge.data.prepare import prepare_corpus
+    from lmforge.tokenizer import train_tokenizer_files
+
+    src = shared / "tinyshakespeare" / "input.txt"
+    if not src.exists():
+        sys.exit(f"{src} not found; pass --shared or --data")
+    tok = train_tokenizer_files([str(src)], tmp / "tokenizer", kind="char", vocab_size=None, byte_fallback=False,
+                                progress=False)
+    prepare_corpus([str(src)], tok, tmp / "data", val_fraction=0.1, overwrite=True, progress=False)
+    return tmp / "data"
+
+
+def compare(name: str, data: Path, out: Path, rounds: int, profile: bool) -> dict:
+    from lmforge import ModelConfig, build_model
+    from lmforge.data.batches import PreparedData
+    from lmforge.device import native_bf16
+    from lmforge.model import cross_entropy
+    from lmforge.train.objectives import make_objective
+    from lmforge.train.options import TrainConfig
+    from lmforge.train.trainer import Trainer, build_optimizer
+
+    cfg = TrainConfig(max_steps=1_000_000, eval_every=0, eval_batches=1, save_every=0, log_every=10, seed=1337,
+                      dtype="auto", progress=False, compile="off", **RECIPE)
+    prep = PreparedData(data)
+    tok = prep.tokenizer()
+    shape = dict(vocab_size=tok.vocab_size, dropout=0.0, context_length=64)
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(ModelConfig.from_name(name, **shape)), make_objective("clm", prep, tok, 64, 1337),
+                      cfg, out / name)
+    torch.manual_seed(0)
+    bare_model = build_model(ModelConfig.from_name(name, **shape)).train()
+    opt = build_optimizer(bare_model, TrainConfig(), torch.device("cpu"))
+    x = torch.randint(0, tok.vocab_size, (12, 64))
+    y = torch.randint(0, tok.vocab_size, (12, 64))
+    bf16 = native_bf16(torch.device("cpu"))
+
+    def bare():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = cross_entropy(bare_model(x), y) / y.numel()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(bare_model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step = [0]
+
+    def loop():
+        trainer._step(step[0])
+        step[0] += 1
+
+    for _ in range(20):
+        loop(), bare()
+    times: dict[str, list[float]] = {"bare": [], "loop": []}
+    for _ in range(rounds):
+        for key, fn in (("bare", bare), ("loop", loop)):
+            for _ in range(25):
+                t = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
+
+        for key, fn in (("Trainer._step", loop), ("bare step", bare)):
+            with prof(activities=[ProfilerActivity.CPU]) as p:
+                for _ in range(50):
+                    fn()
+            print(f"\n{name}, {key}, 50 steps:\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    b, lp = statistics.median(times["bare"]), statistics.median(times["loop"])
+    return {"bare_ms": 1000 * b, "loop_ms": 1000 * lp, "ratio": lp / b}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="gpt-nano,llama-nano")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators of each")
+    ap.add_argument("--data", default=None, help="a prepared Tiny Shakespeare folder (default: prepared here)")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = prepared(args.data, Path(args.shared), Path(tmp))
+        load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
+        print(f"{'model':11s} {'bare ms':>8s} {'loop ms':>8s} {'loop/bare':>9s}  target <= 1.10")
+        for name in args.models.split(","):
+            r = compare(name, data, Path(tmp), args.rounds, args.profile)
+            print(f"{name:11s} {r['bare_ms']:8.2f} {r['loop_ms']:8.2f} {r['ratio']:8.3f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
