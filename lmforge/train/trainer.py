@@ -272,7 +272,8 @@ class Trainer:
         if config.compile == "auto":
             if self.state.compiled == "on":
                 self._compile_blocks(True)
-            elif self.state.compiled is None and self.dist.world == 1:  # (every process must decide alike: eager)
+            elif self.state.compiled is None and self.dist.world == 1 and not self.sharded:
+                # (several processes must decide alike, and FSDP units are compiled before sharding: those stay eager)
                 self.probe = CompileProbe(self.device, self.max_steps - self.state.step)
         self._prefetched: tuple[int, list[dict[str, torch.Tensor]]] | None = None
 
