@@ -78,6 +78,8 @@ def report_cli(
     methods: str = "int8,int4-rtn,int4-gptq",
     include: str | None = None,
     calib: str | None = None,
+    calib_samples: int = 32,
+    calib_context: int = 512,
     group_size: int = 32,
     windows: int = 16,
     context: int = 512,
@@ -97,6 +99,8 @@ def report_cli(
             suffixes -gNN (int4 group size), -sym, -act (GPTQ act-order), e.g. int4-gptq-g128; "none" for only --include
         include: comma-separated compressed models from disk to compare too (quantized, pruned, distilled runs)
         calib: calibration text for GPTQ methods (default: the train split of a prepared --data)
+        calib_samples: GPTQ: windows of calibration text
+        calib_context: GPTQ: tokens per calibration window
         group_size: int4 group size where a method names none
         windows: held-out windows to score
         context: tokens per window
@@ -115,7 +119,8 @@ def report_cli(
     from ..loading import load
     from .report import build_entries, markdown_table, run_report, write_report
 
-    check_minimum(1, windows=windows, context=context, topk=topk, group_size=group_size)
+    check_minimum(1, windows=windows, context=context, topk=topk, group_size=group_size, calib_samples=calib_samples,
+                  calib_context=calib_context)
     lio.check_output(out, what="a compression report", overwrite=overwrite,
                      ours=lambda p: (Path(p) / "report.json").exists(), inputs=[checkpoint, data, calib])
     method_list = [] if methods.strip() in ("", "none") else [m for m in methods.split(",") if m.strip()]
@@ -127,7 +132,8 @@ def report_cli(
     if calib is None and Path(data).is_dir() and is_prepared(Path(data)):
         calib = data
     original = load(checkpoint, dtype="fp32")
-    entries = build_entries(original, method_list, include_list, group_size=group_size, calib=calib, progress=True)
+    entries = build_entries(original, method_list, include_list, group_size=group_size, calib=calib, progress=True,
+                            calib_samples=calib_samples, calib_context=calib_context)
     result = run_report(original, data, entries, windows=windows, context=context, topk=topk, speed=speed,
                         batch8=batch8)
     title = f"compression report: {checkpoint}"

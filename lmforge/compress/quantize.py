@@ -64,7 +64,8 @@ def token_windows(model: nn.Module, source: Any, *, count: int, context: int, sp
 
             tok = _tokenizer(model, what)
             parts, have = [], 0
-            for piece in CorpusReader(path).pieces():
+            # read about what is needed (a few characters a token), not whole files: tokenizing is the slow part
+            for piece in CorpusReader(path, chunk_chars=max(1 << 16, 8 * count * context)).pieces():
                 parts.append(tok.encode(piece.text))
                 have += len(parts[-1])
                 if have >= count * context:
@@ -205,18 +206,40 @@ def gptq_quantize(model: nn.Module, names: list[str], kind: str, windows: torch.
     for index, block in enumerate(blocks):
         prefix = module_names[id(block)] + "."
         targets = {n: m for n, m in model.named_modules() if n in wanted and n.startswith(prefix)}
-        hessians = {n: Hessian(m.in_features) for n, m in targets.items()}
-        hooks = [m.register_forward_pre_hook(lambda mod, a, h=hessians[n]: h.add(a[0])) for n, m in targets.items()]
+        # layers fed the same tensor (q/k/v, gate/up) share one Hessian and are quantized as one stacked matrix
+        # (GPTQ treats rows independently, so this equals quantizing them one by one, in fewer, larger steps)
+        seen: dict[str, torch.Tensor] = {}  # the first batch's input of each layer, held so identities stay unique
+        hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen.setdefault(n, a[0])) for n, m in targets.items()]
+        try:
+            args, kwargs = captured[0]
+            block(xs[0], *args[1:4], index, *args[5:], **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        groups: list[list[str]] = []
+        for n in targets:
+            group = next((g for g in groups if seen[g[0]] is seen[n]), None)
+            group.append(n) if group is not None else groups.append([n])
+        seen.clear()
+        hessians = {g[0]: Hessian(targets[g[0]].in_features) for g in groups}
+        hooks = [targets[g[0]].register_forward_pre_hook(lambda mod, a, h=hessians[g[0]]: h.add(a[0])) for g in groups]
         try:
             for x, (args, kwargs) in zip(xs, captured):
                 block(x, *args[1:4], index, *args[5:], **kwargs)
         finally:
             for h in hooks:
                 h.remove()
-        for n, m in targets.items():
-            codes, scales, offsets = gptq_codes(m.weight, hessians[n].h, kind, group_size, symmetric, act_order, damp)
-            swap(model, n, from_codes(m, kind, codes, scales, offsets, group_size))
-            bar.update()
+        for group in groups:
+            weight = torch.cat([targets[n].weight.detach() for n in group])
+            codes, scales, offsets = gptq_codes(weight, hessians[group[0]].h, kind, group_size, symmetric, act_order,
+                                                damp)
+            at = 0
+            for n in group:
+                rows = slice(at, at + targets[n].out_features)
+                at = rows.stop
+                swap(model, n, from_codes(targets[n], kind, codes[rows], scales[rows],
+                                          None if offsets is None else offsets[rows], group_size))
+                bar.update()
         xs = [block(x, *args[1:4], index, *args[5:], **kwargs) for x, (args, kwargs) in zip(xs, captured)]
     if "lm_head" in wanted:  # the LM head sees the final norm of the last block's (quantized) output
         hessian = Hessian(model.lm_head.in_features)

@@ -183,7 +183,7 @@ def compare(model: nn.Module, windows: torch.Tensor, ref: dict[str, torch.Tensor
 # ---- the report ---------------------------------------------------------------------------------------------
 
 def build_entries(original: nn.Module, methods: list[str], include: list[str], *, group_size: int, calib: Any,
-                  progress: bool) -> list[Entry]:
+                  progress: bool, calib_samples: int = 32, calib_context: int = 512) -> list[Entry]:
     from ..loading import load
 
     entries = []
@@ -198,7 +198,8 @@ def build_entries(original: nn.Module, methods: list[str], include: list[str], *
             if opts["method"] == "bf16":
                 return model.to(torch.bfloat16)
             return quantize(model, opts["method"], group_size=opts["group_size"], algo=opts["algo"], calib=calib,
-                            symmetric=opts["symmetric"], act_order=opts["act_order"], progress=progress)
+                            symmetric=opts["symmetric"], act_order=opts["act_order"], progress=progress,
+                            calib_samples=calib_samples, calib_context=calib_context)
         entries.append(Entry(text, make, "bf16 weights and activations" if opts["method"] == "bf16" else
                              f"{opts['method']} {opts['algo'].upper()}" + (f" g{opts['group_size']}"
                                                                            if opts["method"] == "int4" else "")))

@@ -234,3 +234,16 @@ def test_api_errors():
     q = quantize(model, "int8", progress=False)
     with pytest.raises(ConfigError, match="already quantized"):
         quantize(q, "int4")
+
+
+def test_gptq_of_stacked_layers_equals_gptq_of_each():
+    """q/k/v (and gate/up) share their input, so GPTQ quantizes them as one stacked matrix: rows are independent."""
+    x = correlated_inputs(256, 64)
+    h = Hessian(64)
+    h.add(x)
+    a, b = torch.randn(48, 64), torch.randn(16, 64)
+    for kind in ("int4", "int8"):
+        together = gptq_codes(torch.cat([a, b]), h.h, kind, 32)
+        apart = [gptq_codes(w, h.h, kind, 32) for w in (a, b)]
+        assert torch.equal(together[0], torch.cat([apart[0][0], apart[1][0]]))
+        assert torch.equal(together[1], torch.cat([apart[0][1], apart[1][1]]))
