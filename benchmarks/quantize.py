@@ -6,7 +6,7 @@
   GGUF import) in the compression report of `lmforge.compress.report`: bf16, int8, int4 RTN and GPTQ at groups 32 and
   64 (SmolLM2's 576-wide inputs take no group of 128); size, decode tokens/s at batch 1 (32-token prompt, 64 new
   tokens, prompt included) and prefill tokens/s as ratios to fp32, perplexity, KL and top-1 agreement on WikiText-2
-  valid; GPTQ calibrated on WikiText-2 train. Beside it, in the same run, llama.cpp (llama-cpp-python, 2 threads)
+  valid; GPTQ calibrated on WikiText-2 train (32 windows of 256 tokens). Beside it, in the same run, llama.cpp (llama-cpp-python, 2 threads)
   on the package's Q4_1 file and on a Q8_0 file written by `lmforge export gguf`, same prompt and token count.
 - `gpt2`: the GPT-2-124M shape (random weights: speed only) at batch 1 and prefill: transformers fp32, lmforge fp32,
   bf16, int8, int4 g32; the fraction of the memory-bandwidth limit reached (weight bytes read per token / time per
@@ -65,7 +65,8 @@ def stage_smollm2(args, out: Path) -> dict:
     valid, train = wiki / "wiki.valid.tokens.gz", wiki / "wiki.train.tokens.gz"
     original = lmforge.load(smollm_path(), dtype="fp32")
     methods = ["bf16", "int8", "int4-rtn-g32", "int4-gptq-g32", "int4-rtn-g64", "int4-gptq-g64"]
-    entries = build_entries(original, methods, [], group_size=32, calib=str(train), progress=False)
+    entries = build_entries(original, methods, [], group_size=32, calib=str(train), progress=False,
+                            calib_samples=args.calib_samples, calib_context=args.context)
     torch.manual_seed(0)
     result = run_report(original, str(valid), entries, windows=args.windows, context=args.context, batch8=False,
                         reference_name="SmolLM2-135M fp32")
@@ -191,6 +192,7 @@ def main() -> None:
     ap.add_argument("--stages", default="smollm2,gpt2,minilm")
     ap.add_argument("--windows", type=int, default=12, help="WikiText-2 valid windows for perplexity and KL")
     ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--calib-samples", type=int, default=32, help="GPTQ calibration windows (WikiText-2 train)")
     run_stages(ap.parse_args(), {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm})
 
 
