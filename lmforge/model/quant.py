@@ -13,11 +13,12 @@ Kinds and what each stores (the checkpoint's safetensors; portable, nothing pack
   `scales` and `offsets` bf16 (N, K/group); w = (q - 8) * scale + offset (symmetric: offset = 0).
 - `dynamic-int8`: int8 weights as `int8` (scales fp32) and int8 activations quantized per token at run time.
 
-Kernels (measured on this 2-core AMD EPYC with AVX512-BF16, see docs/compression.md): at decoding sizes (at most
-`DECODE_ROWS` rows of input) int8 runs `aten._weight_int8pack_mm` and int4 `aten._weight_int4pack_mm_for_cpu`
-(packed once, lazily, for the CPU it runs on), both with bf16 activations (their fp32-activation paths are 3-20x
-slower); longer inputs (prefill, scoring) dequantize to a bf16 weight and use oneDNN's bf16 linear, which is
-faster than both packed kernels on matrix-matrix products. dynamic-int8 multiplies with `torch._int_mm` (int8 x
+Kernels (measured on this 2-core AMD EPYC with AVX512-BF16, see docs/compression.md): int4 always runs
+`aten._weight_int4pack_mm_for_cpu` (packed once, lazily, for the CPU it runs on), whose alternative (unpacking the
+nibbles and multiplying densely) was 2-15x slower at every size measured; int8 runs `aten._weight_int8pack_mm` at
+decoding sizes (at most `DECODE_ROWS` rows of input) and dequantizes to a bf16 weight for oneDNN's bf16 linear on
+longer inputs (prefill, scoring), where that was faster than the kernel. Both kernels take bf16 activations (their
+fp32-activation paths are 3-20x slower). dynamic-int8 multiplies with `torch._int_mm` (int8 x
 int8 -> int32), checked against an exact product once per process (pytorch#136746: wrong results on some AMD
 CPUs), else the dequantized weight.
 """
@@ -204,9 +205,7 @@ class Int4Linear(QuantLinear):
                                 sz.transpose(0, 1).contiguous())
         return self._packed
 
-    def _kernel(self, x2):
-        if x2.shape[0] > DECODE_ROWS:
-            return None
+    def _kernel(self, x2):  # every size: unpacking the nibbles to multiply densely costs more than the kernel
         packed, sz = self._pack()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
         return y[:, : self.out_features] if y.shape[1] != self.out_features else y
