@@ -75,16 +75,21 @@ def stage_smollm2(args, out: Path) -> dict:
             "date": time.strftime("%Y-%m-%d")}
     write_report(result, out / "smollm2", "SmolLM2-135M-Instruct: quantization", meta)
     print(markdown_table({"rows": rows}), flush=True)
-    llama = {"Q4_1": llama_cpp_speed(smollm_path())}
-    q8 = out / "smollm2-q8_0.gguf"
-    if not q8.exists():
-        from lmforge.cli import main as cli
+    llama: dict = {}
+    try:  # (a failure here must not lose the report's figures above)
+        llama["Q4_1"] = llama_cpp_speed(smollm_path())
+        q8 = out / "smollm2-q8_0.gguf"
+        if not q8.exists():
+            from lmforge.cli import main as cli
 
-        cli(["export", "gguf", str(smollm_path()), "--type", "q8_0", "--out", str(q8)])
-    llama["Q8_0"] = llama_cpp_speed(q8)
+            cli(["export", "gguf", str(smollm_path()), "--type", "q8_0", "--out", str(q8)])
+        llama["Q8_0"] = llama_cpp_speed(q8)
+    except Exception as e:
+        print(f"llama.cpp comparison failed: {type(e).__name__}: {e}", flush=True)
+        llama["error"] = f"{type(e).__name__}: {e}"
     by = {r["name"]: r for r in rows}
     for ours, theirs in (("int8", "Q8_0"), ("int4-rtn-g32", "Q4_1")):
-        if llama[theirs]:
+        if llama.get(theirs):
             print(f"lmforge {ours} {by[ours]['decode_b1']:.1f} tok/s vs llama.cpp {theirs} {llama[theirs]:.1f} tok/s: "
                   f"{by[ours]['decode_b1'] / llama[theirs]:.2f}x", flush=True)
     return {"rows": rows, "llama_cpp": llama, **meta}
