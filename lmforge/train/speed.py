@@ -6,8 +6,9 @@ info` prints: 6 N + 12 L T d per trained token) x tokens/s / the device's peak F
 looked up: the best of a few large matrix multiplies at the training dtype (bf16 under bf16 autocast, fp32
 otherwise), cached per machine, device, thread count, dtype and torch version in
 `$XDG_CACHE_HOME/lmforge/peak_flops.json` (~/.cache), so a run pays for it once (about half a second on a CPU);
-`--peak-tflops` gives it instead (a GPU's datasheet figure, say). Measured on a shared machine while other jobs
-run, the peak comes out low and MFU high: delete the cache file to measure again.
+`--peak-tflops` gives it instead (a GPU's datasheet figure, say). On a CPU a measurement during which this process
+got less than 80% of its threads' time (other jobs running) is used for the run but not cached; the peak it gives
+is low and the MFU high.
 
 `--compile auto` compiles only where it pays: a run whose remaining eager time is short next to the cost of
 compiling stays eager (compiling the blocks of a small model takes ~20-60 s on a 2-core CPU, more than the whole
@@ -62,9 +63,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """FLOP/s of the best of `repeats` square matrix multiplies at `dtype` (2048 on a CPU, 8192 on a GPU)."""
+def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> tuple[float, bool]:
+    """FLOP/s of the best of `repeats` square matrix multiplies at `dtype` (2048 on a CPU, 8192 on a GPU), and
+    whether the measurement had the CPU to itself (on a CPU: this process got at least 80% of its threads' time;
+    other jobs on a shared machine make the peak, and so the cached figure, too low)."""
     n = 8192 if device.type == "cuda" else 2048
+    t0, c0 = time.perf_counter(), sum(os.times()[:2])
     gen = torch.Generator(device=device).manual_seed(0)  # (its own generator: the run's random stream is untouched)
     a = torch.randn(n, n, device=device, generator=gen).to(dtype)
     b = torch.randn(n, n, device=device, generator=gen).to(dtype)
@@ -77,7 +81,9 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, repeats: int = 
             _sync(device)
             if i >= 2:  # (two warm-up products)
                 best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+    wall, cpu = time.perf_counter() - t0, sum(os.times()[:2]) - c0
+    alone = device.type != "cpu" or cpu >= 0.8 * wall * torch.get_num_threads()
+    return 2 * n ** 3 / best, alone
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | None = None) -> float:
@@ -96,7 +102,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype, given_tflops: float | N
     value = cached.get(key)
     if isinstance(value, (int, float)) and value > 0:
         return float(value)
-    value = measure_peak_flops(device, dtype)
+    value, alone = measure_peak_flops(device, dtype)
+    if not alone:  # other jobs took the CPU: use the figure for this run, but measure again next time
+        return value
     try:
         lio.write_json(path, {**cached, key: value})
     except OSError:  # a read-only home: measure again next time

@@ -138,16 +138,29 @@ def test_compile_probe_decides_by_measured_times():
 
 
 def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
+    import lmforge.train.speed as speed
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cpu = torch.device("cpu")
+    real, calls, alone = speed.measure_peak_flops, [], [False]
+
+    def measured(device, dtype):  # the real measurement; whether it had the CPU to itself is set by the test
+        calls.append(dtype)
+        return real(device, dtype)[0], alone[0]
+
+    monkeypatch.setattr(speed, "measure_peak_flops", measured)
     rng = torch.get_rng_state()
-    first = peak_flops(cpu, torch.float32)
+    busy = peak_flops(cpu, torch.float32)
     assert torch.equal(torch.get_rng_state(), rng)  # (measuring draws nothing from the run's random stream)
-    assert first > 1e9  # any CPU multiplies faster than 1 GFLOP/s
+    assert busy > 1e9 and not (tmp_path / "lmforge" / "peak_flops.json").exists()  # measured among other jobs: kept
+    alone[0] = True                                                                   # for this run only
+    first = peak_flops(cpu, torch.float32)
     cached = json.loads((tmp_path / "lmforge" / "peak_flops.json").read_text())
     assert list(cached.values()) == [first] and "float32" in next(iter(cached))
-    assert peak_flops(cpu, torch.float32) == first  # read back, not measured again
-    assert peak_flops(cpu, torch.float32, given_tflops=2.5) == 2.5e12
+    assert peak_flops(cpu, torch.float32) == first and len(calls) == 2  # read back, not measured again
+    assert peak_flops(cpu, torch.float32, given_tflops=2.5) == 2.5e12 and len(calls) == 2
+    flops, _ = real(cpu, torch.float32, repeats=1)  # the real function's own answer has both parts
+    assert flops > 1e9
 
 
 def test_compile_and_peak_options_are_checked():
