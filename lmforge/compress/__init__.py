@@ -4,8 +4,21 @@ perplexity, KL divergence and top-token agreement); pruning (magnitude, Wanda, 2
 and low-rank factorisation (SVD, ASVD, SVD-LLM). Distillation is an objective of the training loop
 (`lmforge.train.distill`). See docs/compression.md."""
 
-from .lowrank import factorize, merge_lowrank
-from .prune import prune
-from .quantize import quantize
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# imported on first use, so that `lmforge <verb> --help` for the compression verbs does not import torch
+_API = {"quantize": "quantize", "prune": "prune", "factorize": "lowrank", "merge_lowrank": "lowrank"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["quantize", "prune", "factorize", "merge_lowrank"]
