@@ -7,6 +7,8 @@ and low-rank factorisation (SVD, ASVD, SVD-LLM). Distillation is an objective of
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # imported on first use, so that `lmforge <verb> --help` for the compression verbs does not import torch
@@ -20,5 +22,17 @@ def __getattr__(name: str) -> Any:
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """The import system sets `lmforge.compress.quantize` to the submodule whenever `compress/quantize.py` is first
+    imported (by `from .quantize import ...` anywhere); that must not hide the function of the same name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["quantize", "prune", "factorize", "merge_lowrank"]

@@ -3,8 +3,6 @@ beats plain SVD on the layer's real inputs, ranks follow the ratio, checkpoints 
 recovery training of a factorised model, and the one-line errors of `lmforge lowrank`."""
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,16 +15,7 @@ from lmforge.compress.lowrank import factor, factorize, merge_lowrank, rank_for
 from lmforge.errors import ConfigError
 from lmforge.model.lowrank import LowRankLinear, lowrank_layers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny import TEXTS, calib_ids, tiny_model, tiny_tokenizer  # noqa: E402
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-_model, _ids = tiny_model, calib_ids
+from _tiny import TEXTS, calib_ids as _ids, tiny_model as _model  # (tests/compress/conftest.py puts it on the path)
 
 
 @pytest.mark.parametrize("method", ["svd", "asvd", "svd-llm"])

@@ -3,8 +3,6 @@ removal of heads and neurons equal to the masked original, checkpoints through l
 from a pruned model, and the one-line errors of `lmforge prune`."""
 
 import copy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,17 +13,8 @@ from lmforge.compress.prune import (masked_copy, prune, prune_structured, prune_
                                     unstructured_mask)
 from lmforge.errors import ConfigError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _tiny import calib_ids, tiny_model, tiny_tokenizer  # noqa: E402
-from _finetune_data import sentiment_rows, src, tiny_options, write_table  # noqa: E402
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-_model, _ids = tiny_model, calib_ids
+from _finetune_data import sentiment_rows, src, tiny_options, write_table  # (tests/compress/conftest.py: on the path)
+from _tiny import calib_ids as _ids, tiny_model as _model
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
