@@ -23,12 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _generate_models import CORPUS, MEMORIZED, lmforge_decoder, reciting_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster and immune to other jobs on the machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Tiny models: one thread (tests/conftest.py's `one_thread`) for every test here."""
     yield
-    torch.set_num_threads(before)
