@@ -210,7 +210,7 @@ def extract(checkpoint: str, *, input: list[str], out: str, graph: list[str] | N
         lio.check_output(path, what="extraction output", overwrite=overwrite, folder=False,
                          inputs=[*input, checkpoint], option="--out" if path == out else "--graph")
     texts = read_inputs(input)
-    model = load_for_inference(checkpoint, resolve_device(device), TASKS["relations"])
+    model = load_for_inference(checkpoint, resolve_device(device), TASKS["relations"], verb="extract")
     records = []
     for source, text in texts:
         records += extract_text(model, text, source=source, max_length=max_length, batch_size=batch_size)
@@ -391,7 +391,7 @@ def attack(checkpoint: str, *, data: str, out: str, method: str = "word,char", t
     if limit:
         examples = examples[:limit]
     augment_rows = read_examples(augment, [column], label_column) if augment else None
-    victim = load_for_inference(checkpoint, resolve_device(device), TASKS["classify"])
+    victim = load_for_inference(checkpoint, resolve_device(device), TASKS["classify"], verb="attack")
     mlm_model = load(mlm, device=resolve_device(device), dtype="fp32").eval() if mlm else None
     sim_model = load(similarity, device=resolve_device(device), dtype="fp32").eval() if similarity else victim
     max_length = max_length or training_option(info, "max_length", None, 128)

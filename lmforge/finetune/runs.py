@@ -310,13 +310,15 @@ def plot_dev_metric(metrics: Path, png: Path, title: str) -> Path | None:
     return lio.save_figure(fig, png)
 
 
-def load_for_inference(checkpoint: str, device: str = "auto", task: TaskSpec | None = None) -> Transformer:
+def load_for_inference(checkpoint: str, device: str = "auto", task: TaskSpec | None = None,
+                       verb: str | None = None) -> Transformer:
     """A fine-tuned model ready to predict: best checkpoint of a run, LoRA merged into the weights. With `task`, a
-    model without that task's head is a one-line error naming the command that makes one."""
+    model without that task's head is a one-line error naming the command that makes one (and `verb`, the command
+    that was run: `eval <task>` unless given)."""
     model = load_checkpoint(checkpoint, device=resolve_device(device), dtype="fp32")
     if task is not None and model.config.head != task.head:
-        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not {task.noun}; eval {task.name} needs a "
-                          f"model fine-tuned with `lmforge {task.command}`")
+        raise ConfigError(f"{checkpoint} has a {model.config.head} head, not {task.noun}; {verb or 'eval ' + task.name} "
+                          f"needs a model fine-tuned with `lmforge {task.command}`")
     if model.config.lora:
         tokenizer = model.tokenizer
         model = merge_lora(model)

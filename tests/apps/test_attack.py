@@ -80,7 +80,7 @@ def test_attacks_flip_a_tiny_classifier(clf, method, mlm):
         assert all(r.status != "success" for r in strict)
 
 
-def test_attack_command_report_and_augmented_table(clf, tmp_path):
+def test_attack_command_report_and_augmented_table(clf, tmp_path, capsys):
     out = tmp_path / "attack"
     assert main(["attack", str(clf["run"]), "--data", clf["dev"], "--out", str(out), "--limit", "15", "--method",
                  "char,word", "--augment", clf["train"], "--min-similarity", "0", "--no-progress"]) == 0
@@ -97,7 +97,9 @@ def test_attack_command_report_and_augmented_table(clf, tmp_path):
     # errors: one line, exit 2, nothing overwritten
     assert main(["attack", str(clf["run"]), "--data", clf["dev"], "--out", str(out), "--limit", "2"]) == 2
     assert main(["attack", str(clf["run"]), "--data", clf["dev"], "--out", str(tmp_path / "a2"), "--method", "x"]) == 2
+    capsys.readouterr()
     assert main(["attack", str(clf["mlm"]), "--data", clf["dev"], "--out", str(tmp_path / "a3")]) == 2
+    assert "; attack needs a model fine-tuned with `lmforge finetune classify`" in capsys.readouterr().err
     assert main(["attack", str(clf["run"]), "--data", clf["dev"], "--out", str(tmp_path / "a4"), "--max-change",
                  "2"]) == 2
     with pytest.raises(ConfigError, match="masked-LM head"):
