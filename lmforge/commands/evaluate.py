@@ -29,11 +29,15 @@ def perplexity_cli(
         device: cpu, cuda or auto
     """
     from ..config import check_minimum
+    from ..errors import FileError
     from ..device import resolve_device
     from ..evaluate import perplexity
     from ..loading import load
 
     check_minimum(1, context=context, batch_size=batch_size, max_batches=max_batches)
+    if checkpoint.endswith((".arpa", ".arpa.gz")) and not Path(checkpoint).is_file():
+        raise FileError(f"n-gram model {checkpoint} not found; make one with `lmforge ngram train ... --out "
+                        f"{Path(checkpoint).name}`")
     if Path(checkpoint).is_file() and is_arpa(checkpoint):
         from .apps import ngram_perplexity
 

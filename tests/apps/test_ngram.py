@@ -12,7 +12,7 @@ import pytest
 
 from lmforge.apps import ngram
 from lmforge.cli import main
-from lmforge.errors import DataError
+from lmforge.errors import DataError, LmforgeError
 
 from _finetune_data import encoder_tokenizer
 
@@ -112,6 +112,8 @@ def test_ngram_cli_on_prepared_data_and_eval_perplexity(tmp_path):
         perplexity_cli(str(tmp_path / "cut.arpa"), data=str(tmp_path / "data"))
     with pytest.raises(DataError, match="does not exist"):
         ngram.read_arpa(tmp_path / "missing.arpa")
+    with pytest.raises(LmforgeError, match="n-gram model .*missing.arpa not found; make one with `lmforge ngram train"):
+        perplexity_cli(str(tmp_path / "missing.arpa"), data=str(tmp_path / "data"))
     assert main(["ngram", "train", str(text), "--order", "12", "--out", str(tmp_path / "x.arpa")]) == 2
 
 
