@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import ConfigError, FileError
+from .errors import ConfigError, FileError, LmforgeError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # org/name (hub ids are written hf:org/name)
 TMP_SUFFIX = ".tmp"
@@ -119,6 +119,36 @@ def check_output(path: str | os.PathLike, *, what: str, overwrite: bool, ours: C
         raise ConfigError(f"{option} {path} already exists and is not empty; it already holds {what}: pass {flag} to "
                            f"replace it, or choose another {option}")
     return path
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from `--prompts`: a JSONL file (a string or an object with a "prompt" field per line) or a text file
+    (one per line); blank lines skipped. For `generate`, `export check` and `bench serve`."""
+    file = Path(path)
+    if not file.exists():
+        raise LmforgeError(f"--prompts {path}: no such file")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if file.suffix == ".jsonl":
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LmforgeError(f"--prompts {path}:{n} is not valid JSON ({e.msg})") from None
+            if isinstance(item, dict):
+                if "prompt" not in item:
+                    raise LmforgeError(f"--prompts {path}:{n} has no \"prompt\" field")
+                item = item["prompt"]
+            if not isinstance(item, str):
+                raise LmforgeError(f"--prompts {path}:{n}: a prompt must be a string")
+            prompts.append(item)
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise LmforgeError(f"--prompts {path} holds no prompts (one per line, or JSONL with a \"prompt\" field)")
+    return prompts
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

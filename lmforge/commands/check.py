@@ -28,13 +28,13 @@ def check_cli(run: str, *, prompts: str, out: str, formats: str = "hf,onnx,gguf"
     """
     from .. import io as lio
     from ..parity import _is_report, check_choices, parity_report, parse_formats
-    from .generate import _read_prompts
+    from ..io import read_prompts
 
     names = parse_formats(formats)
     types = tuple(t.strip() for t in gguf_types.split(",") if t.strip())
     variants = tuple(None if v.strip() == "fp32" else v.strip() for v in onnx.split(",") if v.strip())
     check_choices(types, variants)
-    texts = _read_prompts(prompts)
+    texts = read_prompts(prompts)
     out_path = lio.check_output(out, what="a parity report", overwrite=overwrite, ours=_is_report,
                                 inputs=[run, prompts])
     workdir = None

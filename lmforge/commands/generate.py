@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, LmforgeError
@@ -107,34 +106,6 @@ def sample_cli(
     return outputs
 
 
-def _read_prompts(path: str) -> list[str]:
-    file = Path(path)
-    if not file.exists():
-        raise LmforgeError(f"--prompts {path}: no such file")
-    lines = file.read_text(encoding="utf-8").splitlines()
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if file.suffix == ".jsonl":
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"--prompts {path}:{n} is not valid JSON ({e.msg})") from None
-            if isinstance(item, dict):
-                if "prompt" not in item:
-                    raise LmforgeError(f"--prompts {path}:{n} has no \"prompt\" field")
-                item = item["prompt"]
-            if not isinstance(item, str):
-                raise LmforgeError(f"--prompts {path}:{n}: a prompt must be a string")
-            prompts.append(item)
-        else:
-            prompts.append(line)
-    if not prompts:
-        raise LmforgeError(f"--prompts {path} holds no prompts (one per line, or JSONL with a \"prompt\" field)")
-    return prompts
-
-
 def generate_cli(
     checkpoint: str,
     prompt: str | None = None,
@@ -199,7 +170,7 @@ def generate_cli(
         threads: ONNX Runtime's intra-op threads (default: torch's thread count); ONNX exports only.
         overwrite: replace an existing --out file.
     """
-    from ..io import atomic_write, check_output
+    from ..io import atomic_write, check_output, read_prompts
     from ..generate.api import generate
     from ..generate.options import GenerationOptions
 
@@ -233,7 +204,7 @@ def generate_cli(
                 print(f"--- output {i + 1} ---")
             print(text, flush=True)
         return texts
-    items = [prompt] if prompt is not None else _read_prompts(prompts)
+    items = [prompt] if prompt is not None else read_prompts(prompts)
     results = generate(model, items, return_dict=True, **options)
     lines, new_tokens = [], 0
     for p, result in zip(items, results):

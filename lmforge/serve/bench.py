@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LmforgeError
+from ..io import read_prompts
 
 
 @dataclass
@@ -31,33 +32,6 @@ class Result:
     itl: list[float] = field(default_factory=list)
     tokens: int = 0
     error: str = ""
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from a JSONL file ("prompt" or "text" fields) or a text file (one per line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise LmforgeError(f"--prompts {path} does not exist; give a .jsonl file with a \"prompt\" field per line "
-                           "or a text file with one prompt per line")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if p.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LmforgeError(f"{path} line {n} is not JSON ({e.msg}); each line must be an object with a "
-                                   "\"prompt\" field") from None
-            text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                raise LmforgeError(f"{path} line {n} has no \"prompt\" string")
-            out.append(text)
-        else:
-            out.append(line)
-    if not out:
-        raise LmforgeError(f"--prompts {path} holds no prompts")
-    return out
 
 
 def one_request(url: urllib.parse.ParseResult, headers: dict[str, str], body: dict[str, Any],
@@ -300,4 +274,4 @@ def read_api_key(path: str) -> str:
     return key
 
 
-__all__ = ["bench_serve", "read_prompts", "read_api_key", "summarize"]
+__all__ = ["bench_serve", "read_api_key", "summarize"]
