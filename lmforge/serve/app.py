@@ -177,6 +177,14 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def _response(rid: str, obj: str, created: int, model: str, choices: list, usage: dict | None) -> dict[str, Any]:
+    """The envelope of a completion or chat response (or stream chunk); usage only when given."""
+    out = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
 def _finish(reason: str | None) -> str | None:
     return None if reason is None else ("length" if reason == "length" else "stop")
 
@@ -362,11 +370,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
                                        [None] + [list(alts) for _, alts in scored], 0)
 
         def base(choices, usage=None):
-            out = {"id": rid, "object": "text_completion", "created": created, "model": served.name,
-                   "choices": choices}
-            if usage is not None:
-                out["usage"] = usage
-            return out
+            return _response(rid, "text_completion", created, served.name, choices, usage)
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -484,10 +488,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
         served.metrics.prompt_tokens(len(ids))
 
         def base(choices, usage=None, obj="chat.completion"):
-            out = {"id": rid, "object": obj, "created": created, "model": served.name, "choices": choices}
-            if usage is not None:
-                out["usage"] = usage
-            return out
+            return _response(rid, obj, created, served.name, choices, usage)
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
