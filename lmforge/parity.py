@@ -252,6 +252,7 @@ FORMATS: dict[str, Callable[[Any, CheckOptions], Iterator[Runtime]]] = {
 
 
 REQUIRES = {"hf": ("transformers",), "onnx": ("onnx", "onnxscript", "onnxruntime")}  # module names = PyPI names
+EXTRAS = {"hf": "hf", "onnx": "onnx"}
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -266,7 +267,7 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
         missing = [m for m in REQUIRES.get(name, ()) if importlib.util.find_spec(m) is None]
         if missing:
             raise ConfigError(f"--formats {name} needs {', '.join(missing)}, which is not installed: pip install "
-                              f"{' '.join(missing)} (or leave {name} out of --formats)")
+                              f"'lmforge[{EXTRAS[name]}]' (or leave {name} out of --formats)")
     return tuple(dict.fromkeys(names))
 
 

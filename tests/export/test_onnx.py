@@ -248,3 +248,11 @@ def test_bad_input_is_one_line_with_status_2(decoders, tmp_path, capsys):
     (damaged / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="not a file name in that folder"):
         lmforge.load(damaged)
+
+
+def test_missing_onnx_packages_are_named_with_the_extra():
+    from lmforge.export.onnx import require
+
+    require()  # installed here (the test extra)
+    with pytest.raises(ConfigError, match=r"no_such_onnx_module.*pip install 'lmforge\[onnx\]'"):
+        require(("onnx", "no_such_onnx_module"))

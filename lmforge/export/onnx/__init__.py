@@ -76,6 +76,19 @@ def _opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+REQUIRES = ("onnx", "onnxscript", "onnxruntime")  # module names = PyPI names
+
+
+def require(modules=REQUIRES) -> None:
+    """Refuse, in one line that says what to install, when the ONNX packages are missing (they are an extra)."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"ONNX export and ONNX Runtime need {', '.join(missing)}, which is not installed: "
+                          "pip install 'lmforge[onnx]'")
+
+
 def check_options(quantize: str | None, opset: int | None) -> None:
     if quantize is not None and quantize not in METHODS:
         raise ConfigError(f"--quantize {quantize!r} is not a method; use {' | '.join(METHODS)} (or leave it out for "
@@ -100,6 +113,7 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
     if not isinstance(model, Transformer):
         raise ConfigError(f"export_onnx needs an lmforge model (lmforge.load gives one); got {type(model).__name__}")
     check_options(quantize, opset)
+    require()
     if model.config.quant:
         raise ConfigError("this model's layers were quantized by `lmforge quantize` (int8/int4 kernels ONNX cannot "
                           "express); export the unquantized checkpoint and add --quantize int8")
@@ -137,6 +151,7 @@ def quantize_export(src: str | os.PathLike, out: str | os.PathLike, quantize: st
     """Quantize an fp32 ONNX export folder `src` into `out` (the same as exporting again with `quantize`, without
     tracing the model again)."""
     check_options(quantize, None)
+    require(("onnx", "onnxruntime"))
     if quantize is None:
         raise ConfigError("quantize_export needs a method: " + " | ".join(METHODS))
     src = Path(src)
@@ -191,6 +206,7 @@ def load_onnx(folder: str | os.PathLike, *, threads: int | None = None, optimiza
     from .runtime import OnnxModel
 
     folder = Path(folder)
+    require(("onnx", "onnxruntime"))
     if not is_onnx_export(folder):
         raise CheckpointError(f"{folder} is not an ONNX export (no '{KEY}' entry in {folder / CONFIG}); make one with "
                               f"`lmforge export onnx RUN --out {folder}`")
