@@ -110,7 +110,7 @@ class Distillation(Objective):
         # a language model's head runs only where there are targets (the vocabulary projection is the large one)
         logits = model.head_logits(hidden[chosen]) if lm else model.head_logits(hidden, mask)[chosen]
         out = {"hard": F.cross_entropy(logits.float(), labels[chosen], reduction="sum")}
-        if not model.training:
+        if not model.training or (self.alpha == 0 and not self.cosine):  # (alpha 0: the teacher is not needed)
             return out
         teacher = self._teacher_on(labels.device)
         with torch.no_grad():

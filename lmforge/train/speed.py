@@ -13,7 +13,8 @@ is low and the MFU high.
 `--compile auto` compiles only where it pays: a run whose remaining eager time is short next to the cost of
 compiling stays eager (compiling the blocks of a small model takes ~20-60 s on a 2-core CPU, more than the whole
 Tiny Shakespeare recipe saves); a longer one compiles each block after a short eager probe, times the compiled
-steps, and goes back to eager when they are not faster. The decision is kept in the trainer state, so a resumed
+steps, and goes back to eager when they are not faster. A time-boxed run (`--max-time`) counts the time it has left,
+not the steps it would need. The decision is kept in the trainer state, so a resumed
 run continues the way it was running.
 """
 
@@ -125,9 +126,10 @@ class CompileProbe:
     while probing, then "on" or "off"; the trainer compiles when `wants_compile` turns True and uncompiles on "off".
     """
 
-    def __init__(self, device: torch.device, remaining_steps: int) -> None:
+    def __init__(self, device: torch.device, remaining_steps: int, time_left: float | None = None) -> None:
         self.device = device
         self.remaining = remaining_steps
+        self.time_left = time_left  # seconds of a time-boxed run (--max-time) left when probing starts
         self.phase = "eager"
         self.seen = 0
         self.eager: list[float] = []
@@ -147,6 +149,8 @@ class CompileProbe:
             return
         self.seen += 1
         self.remaining -= 1
+        if self.time_left is not None:
+            self.time_left -= seconds
         if self.phase == "eager":
             if self.seen > WARMUP_STEPS:
                 self.eager.append(seconds)
@@ -154,9 +158,12 @@ class CompileProbe:
                 return
             eager = self._median(self.eager)
             guess = COMPILE_GUESS_S.get(self.device.type, 60.0)
+            remaining = eager * self.remaining  # the rest of the run in eager time: its steps, or its time box
+            if self.time_left is not None:
+                remaining = min(remaining, self.time_left)
             self.report = {"eager_ms": round(eager * 1000, 2), "compile_guess_s": guess,
-                           "remaining_eager_s": round(eager * self.remaining, 1)}
-            if eager * self.remaining < MIN_PAYBACK * guess:
+                           "remaining_eager_s": round(remaining, 1)}
+            if remaining < MIN_PAYBACK * guess:
                 self._decide("off", "the rest of the run is too short to pay for compiling")
                 return
             self.phase, self.seen, self.wants_compile = "compiled", 0, True

@@ -274,7 +274,8 @@ class Trainer:
                 self._compile_blocks(True)
             elif self.state.compiled is None and self.dist.world == 1 and not self.sharded:
                 # (several processes must decide alike, and FSDP units are compiled before sharding: those stay eager)
-                self.probe = CompileProbe(self.device, self.max_steps - self.state.step)
+                left = None if config.max_time is None else max(config.max_time - self.state.elapsed, 0.0)
+                self.probe = CompileProbe(self.device, self.max_steps - self.state.step, time_left=left)
         self._prefetched: tuple[int, list[dict[str, torch.Tensor]]] | None = None
 
     def _compile_blocks(self, on: bool) -> None:

@@ -65,6 +65,16 @@ def test_distillation_objective_mixes_soft_hard_and_cosine_terms_as_documented()
     for bad in (dict(temperature=0), dict(alpha=1.5), dict(cosine=-1)):
         with pytest.raises(lmforge.errors.ConfigError):
             Distillation(inner, teacher, **bad)
+    # alpha 0 (hard labels only, the control of a distillation benchmark): the loss is the cross-entropy, and the
+    # teacher is not run at all
+    student.train()
+    calls = []
+    hook = teacher.tok_embed.register_forward_hook(lambda *a: calls.append(1))
+    hard_only = Distillation(inner, teacher, alpha=0.0).loss(student, batch)[0]
+    assert hard_only.item() == pytest.approx(hard.item(), rel=1e-5) and not calls
+    Distillation(inner, teacher, alpha=0.1).loss(student, batch)
+    hook.remove()
+    assert calls
 
 
 def test_every_other_layer_student_copies_the_teachers_layers():

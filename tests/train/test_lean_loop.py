@@ -135,6 +135,16 @@ def test_compile_probe_decides_by_measured_times():
     for _ in range(WARMUP_STEPS + PROBE_STEPS):
         probe.observe(0.050)
     assert probe.decision == "off" and not probe.wants_compile
+    # a time-boxed run (--max-time) counts the time it has left, however many steps it could take
+    probe = CompileProbe(cpu, remaining_steps=1_000_000, time_left=MIN_PAYBACK * 60 - 1)
+    for _ in range(WARMUP_STEPS + PROBE_STEPS):
+        probe.observe(0.050)
+    assert probe.decision == "off" and not probe.wants_compile
+    assert probe.report["remaining_eager_s"] < MIN_PAYBACK * 60
+    probe = CompileProbe(cpu, remaining_steps=1_000_000, time_left=MIN_PAYBACK * 60 * 3)
+    for _ in range(WARMUP_STEPS + PROBE_STEPS):
+        probe.observe(0.050)
+    assert probe.wants_compile
 
 
 def test_peak_flops_is_measured_once_and_cached(tmp_path, monkeypatch):
