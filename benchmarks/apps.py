@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import minilm, need, parser  # noqa: E402
+from _common import gunzip_to, minilm, need, parser  # noqa: E402
 
 
 def uptime() -> str:
@@ -143,15 +142,6 @@ def stage_retrieval(args, out: Path) -> dict:
 
 
 # ---- n-grams ---------------------------------------------------------------------------------------------------
-
-def gunzip_to(src: Path, dst: Path) -> Path:
-    import gzip
-
-    if not dst.exists():
-        with gzip.open(src, "rb") as f, open(dst, "wb") as g:
-            shutil.copyfileobj(f, g)
-    return dst
-
 
 def stage_ngram(args, out: Path) -> dict:
     import kenlm

@@ -12,6 +12,13 @@
   student initialised from every other teacher layer and distilled (soft targets at T=2, alpha 0.8, + hard labels), beside the
   same student fine-tuned on the hard labels alone for the same steps; dev accuracy and classification speed at
   batch 32 vs the teacher.
+- `lmkd`: next-token distillation of a decoder: SmolLM2-135M-Instruct (30 layers) teaches a 15-layer student made
+  of its every other layer, on WikiText-2 train (its own tokenizer) for --kd-steps; beside the same student on the
+  hard labels alone and the same architecture from a random initialisation, for the same steps; perplexity, KL to
+  the teacher and top-1 agreement on WikiText-2 valid.
+- `recovery`: SmolLM2 with 30% of heads and MLP neurons removed and factorised by SVD-LLM (20% and 50% fewer
+  parameters in the factorised layers), each before and after --recovery-steps of recovery training (next-token
+  loss on WikiText-2 train); perplexity, KL and top-1 on WikiText-2 valid, decode speed at batch 1 and 32.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import minilm, need, parser, run_stages  # noqa: E402
+from _common import gunzip_to, minilm, need, parser, run_stages  # noqa: E402
 
 
 def smollm_path() -> Path:
@@ -118,8 +125,14 @@ def main() -> None:
     ap.add_argument("--calib-length", type=int, default=256)
     ap.add_argument("--train-limit", type=int, default=4000, help="SST-2 training rows used")
     ap.add_argument("--steps", type=int, default=120, help="SST-2: training steps of the teacher and of each student")
+    ap.add_argument("--kd-steps", type=int, default=100, help="lmkd: training steps of each student")
+    ap.add_argument("--kd-alpha", type=float, default=0.8, help="lmkd: weight of the soft targets")
+    ap.add_argument("--kd-temperature", type=float, default=1.0)
+    ap.add_argument("--recovery-steps", type=int, default=100, help="recovery: training steps after compression")
+    ap.add_argument("--lm-batch", type=int, default=8, help="lmkd, recovery: sequences per step")
+    ap.add_argument("--lm-context", type=int, default=128, help="lmkd, recovery: tokens per sequence")
     args = ap.parse_args()
-    run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2})
+    run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2, "lmkd": stage_lmkd, "recovery": stage_recovery})
 
 
 def stage_sst2(args, out: Path) -> dict:
@@ -178,6 +191,146 @@ def stage_sst2(args, out: Path) -> dict:
               f"{r['accuracy'] / t['accuracy']:10.1%} {r['examples_per_s']:9.0f} "
               f"{r['examples_per_s'] / t['examples_per_s']:7.2f}x")
     return {"rows": rows, "train_rows": args.train_limit, "steps": args.steps, "date": time.strftime("%Y-%m-%d")}
+
+
+# ---- decoders: distillation and recovery training on WikiText-2 ------------------------------------------------
+
+def smollm_work(args, out: Path) -> dict:
+    """SmolLM2 as an lmforge checkpoint and WikiText-2 prepared with its tokenizer (train: the run's data, 1% of its
+    tail for the runs' own validation; valid: the held-out text of the reports), made once under <out>/smollm-work."""
+    import lmforge
+    from lmforge.data.prepare import prepare
+
+    work = out / "smollm-work"
+    work.mkdir(parents=True, exist_ok=True)
+    base = work / "smollm2-fp32"
+    if not (base / "config.json").exists():
+        lmforge.save(lmforge.load(smollm_path(), dtype="fp32"), base)
+    wiki = need(Path(args.shared) / "wikitext2")
+    train = gunzip_to(wiki / "wiki.train.tokens.gz", work / "wiki.train.tokens")
+    data = work / "wt2-train"
+    if not (data / "manifest.json").exists():
+        prepare([str(train)], tokenizer=str(base), out=str(data), val_fraction=0.01, split_by="tail", overwrite=True)
+    return {"base": base, "data": data, "valid": wiki / "wiki.valid.tokens.gz", "train_text": wiki / "wiki.train.tokens.gz"}
+
+
+def lm_options(args, steps: int, lr: float, cls):
+    every = max(steps, 1)
+    return cls(max_steps=steps, batch_size=args.lm_batch, context=args.lm_context, lr=lr, min_lr=lr / 10,
+               warmup_steps=min(10, steps // 5), eval_every=every, eval_batches=8, save_every=every, log_every=10,
+               progress=False)
+
+
+def report_rows(reference, valid: Path, entries, args, name: str) -> list[dict]:
+    from lmforge.compress.report import run_report
+
+    torch.manual_seed(0)
+    result = run_report(reference, str(valid), entries, windows=args.windows, context=args.context, speed=False,
+                        progress=True, reference_name=name)
+    return [{k: v for k, v in r.items() if not isinstance(v, torch.Tensor)} for r in result["rows"]]
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        extra = "".join(f"  {k} {r[k]:.1f} tok/s" for k in ("decode_b1", "decode_b32") if k in r)
+        print(f"{r['name']:28s} {r['bytes'] / 1e6:7.1f} MB  ppl {r['ppl']:9.3f} ({r['ppl_change_pct']:+8.2f}%)  KL "
+              f"{r['kl_mean']:.4f}  top-1 {100 * r['top1']:.2f}%{extra}", flush=True)
+
+
+def stage_lmkd(args, out: Path) -> dict:
+    import lmforge
+    from lmforge.compress.report import Entry
+    from lmforge.finetune.distill import distill
+    from lmforge.finetune.runs import FinetuneConfig
+    from lmforge.model import Transformer
+    from lmforge.train.distill import student_from_teacher
+
+    work = smollm_work(args, out)
+    root = out / "lmkd"
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = lmforge.load(work["base"]).eval()
+    # the from-scratch control: the student's architecture, randomly initialised, with the teacher's tokenizer
+    torch.manual_seed(0)
+    scratch = root / "scratch-init"
+    if not (scratch / "config.json").exists():
+        shape = student_from_teacher(teacher).config
+        lmforge.save(Transformer(shape), scratch, tokenizer=teacher.tokenizer)
+    runs = {"student-distilled": dict(student_init="every-other-layer", alpha=args.kd_alpha),
+            "student-hard-labels": dict(student_init="every-other-layer", alpha=0.0),
+            "student-from-scratch": dict(student=str(scratch), alpha=0.0)}
+    seconds = {}
+    for name, kw in runs.items():
+        start = time.perf_counter()
+        lr = 1e-3 if name == "student-from-scratch" else 2e-4
+        distill(teacher=str(work["base"]), data=str(work["data"]), out=str(root / name), overwrite=True,
+                temperature=args.kd_temperature, options=lm_options(args, args.kd_steps, lr, FinetuneConfig), **kw)
+        seconds[name] = time.perf_counter() - start
+        print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    init = student_from_teacher(teacher).eval()
+    entries = [Entry("student at initialisation (every other layer)", lambda: init, "no training")]
+    entries += [Entry(name, lambda n=name: lmforge.load(root / n / "last").eval(), f"{args.kd_steps} steps")
+                for name in runs]
+    rows = report_rows(teacher, work["valid"], entries, args, "teacher SmolLM2-135M (30 layers)")
+    for r in rows:
+        r["train_seconds"] = seconds.get(r["name"])
+    print_rows(rows)
+    return {"rows": rows, "steps": args.kd_steps, "batch": args.lm_batch, "context": args.lm_context,
+            "alpha": args.kd_alpha, "temperature": args.kd_temperature, "date": time.strftime("%Y-%m-%d")}
+
+
+def stage_recovery(args, out: Path) -> dict:
+    import lmforge
+    from lmforge.compress.lowrank import factorize
+    from lmforge.compress.prune import prune
+    from lmforge.compress.report import Entry, decode_speed
+    from lmforge.train.options import TrainConfig
+    from lmforge.train.pretrain import pretrain
+
+    work = smollm_work(args, out)
+    root = out / "recovery"
+    root.mkdir(parents=True, exist_ok=True)
+    original = lmforge.load(work["base"]).eval()
+    calib = dict(calib=str(work["train_text"]), calib_samples=args.calib_samples, calib_length=args.calib_length,
+                 progress=False)
+    def factorized(model, ratio):
+        factorize(model, ratio, "svd-llm", **calib)  # (in place)
+        return model
+
+    makers = {"heads+neurons-30%": lambda m: prune(m, "heads,neurons", amount=0.3, **calib),
+              "svd-llm-20%": lambda m: factorized(m, 0.8),
+              "svd-llm-50%": lambda m: factorized(m, 0.5)}
+    seconds, entries = {}, []
+    for name, make in makers.items():
+        folder = root / name
+        if not (folder / "config.json").exists():
+            import copy
+
+            lmforge.save(make(copy.deepcopy(original)), folder, overwrite=True)
+        start = time.perf_counter()
+        pretrain(init=str(folder), data=str(work["data"]), out=str(root / f"{name}-recovered"), overwrite=True,
+                 train=lm_options(args, args.recovery_steps, 1e-4, TrainConfig))
+        seconds[name] = time.perf_counter() - start
+        print(f"{name} recovery: {seconds[name]:.0f} s", flush=True)
+        entries.append(Entry(name, lambda f=folder: lmforge.load(f).eval(), "before recovery"))
+        entries.append(Entry(f"{name} recovered", lambda f=root / f"{name}-recovered" / "last": lmforge.load(f).eval(),
+                             f"after {args.recovery_steps} steps"))
+    rows = report_rows(original, work["valid"], entries, args, "SmolLM2-135M fp32")
+    # decode speed at batch 1 and 32, interleaved over the original and the compressed shapes (best of rounds)
+    timed = {"SmolLM2-135M fp32": original, **{n: lmforge.load(root / n).eval() for n in makers}}
+    speed = {n: {"decode_b1": 0.0, "decode_b32": 0.0} for n in timed}
+    for _ in range(args.speed_rounds):
+        for n, model in timed.items():
+            speed[n]["decode_b1"] = max(speed[n]["decode_b1"], decode_speed(model, 1, new=32, repeats=1))
+            speed[n]["decode_b32"] = max(speed[n]["decode_b32"], decode_speed(model, 32, new=16, repeats=1))
+    for r in rows:
+        base = r["name"].removesuffix(" recovered")
+        if base in speed:
+            r.update(speed[base])
+            r.update({k + "_ratio": speed[base][k] / speed["SmolLM2-135M fp32"][k] for k in speed[base]})
+        r["train_seconds"] = seconds.get(base) if r["name"].endswith("recovered") else None
+    print_rows(rows)
+    return {"rows": rows, "steps": args.recovery_steps, "batch": args.lm_batch, "context": args.lm_context,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ comes from one global ratio of parameters: r = floor(rank_ratio * out * in / (ou
 halves the parameters of every factorised layer (and 0.8 keeps 80%: "20% fewer"). A layer where that rank would not
 be smaller than min(out, in) stays whole unless `full=True` (tests: the full rank reproduces the layer).
 
-Methods (all keep the bias as it was):
+Methods (all keep the bias as it was; every rank component is then balanced between A and B, the same product):
 - `svd`: W = U S V^T truncated to r; B = U_r S_r, A = V_r^T. Best for the weights, blind to the inputs.
 - `asvd` (Yuan et al. 2023, "ASVD: Activation-aware Singular Value Decomposition"): scale the input channels by
   s_j = mean|x_j|^alpha (alpha 0.5, the paper's) over calibration tokens, W S = U' S' V'^T, A = V'_r^T S^-1: the
@@ -37,20 +37,37 @@ def rank_for(out_features: int, in_features: int, ratio: float) -> int:
     return max(1, int(ratio * out_features * in_features / (out_features + in_features)))
 
 
+def balance(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same product B A with each rank component's row of A and column of B of equal norm. The methods leave all
+    of a component's scale on one side (the singular value on B; and SVD-LLM's A carries L^-1, tiny when the
+    calibration inputs are large), so an optimizer's steps, of one size for every element, would wreck the small
+    side in recovery training; balanced, both factors have the scale of an ordinary weight."""
+    scale = (b.norm(dim=0) / a.norm(dim=1).clamp(min=1e-30)).clamp(min=1e-30).sqrt()  # (rank,)
+    return a * scale[:, None], b / scale[None, :]
+
+
 @torch.no_grad()
 def factor(weight: torch.Tensor, rank: int, method: str = "svd", stats: Any = None, alpha: float = 0.5,
            damp: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A (rank, in), B (out, rank)) with B A close to `weight` (see the module docstring), in float32."""
+    """(A (rank, in), B (out, rank)) with B A close to `weight` (see the module docstring), in float32, each rank
+    component balanced between the two factors (`balance`)."""
+    a, b = _factor(weight, rank, method, stats, alpha, damp)
+    a, b = balance(a, b)
+    return a.float(), b.float()
+
+
+def _factor(weight: torch.Tensor, rank: int, method: str, stats: Any, alpha: float,
+            damp: float) -> tuple[torch.Tensor, torch.Tensor]:
     w = weight.detach().double().cpu()
     if method == "svd":
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        return vh[:rank].float(), (u[:, :rank] * s[:rank]).float()
+        return vh[:rank], u[:, :rank] * s[:rank]
     if stats is None:
         raise ConfigError(f"--method {method} needs calibration inputs: give --calib")
     if method == "asvd":
         scale = stats.mean_abs.double().clamp(min=1e-6) ** alpha
         u, s, vh = torch.linalg.svd(w * scale[None, :], full_matrices=False)
-        return (vh[:rank] / scale[None, :]).float(), (u[:, :rank] * s[:rank]).float()
+        return vh[:rank] / scale[None, :], u[:, :rank] * s[:rank]
     if method == "svd-llm":
         gram = stats.gram.double()
         eye = gram.diagonal().mean().clamp(min=1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
@@ -61,7 +78,7 @@ def factor(weight: torch.Tensor, rank: int, method: str = "svd", stats: Any = No
             damp *= 10
         u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
         a = torch.linalg.solve_triangular(chol, vh[:rank], upper=False, left=False)  # V_r^T L^-1
-        return a.float(), (u[:, :rank] * s[:rank]).float()
+        return a, u[:, :rank] * s[:rank]
     raise ConfigError(f"--method {method!r} is not a low-rank method; use {choices(METHODS)}")
 
 

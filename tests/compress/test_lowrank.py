@@ -12,6 +12,7 @@ from lmforge import ModelConfig, build_model
 from lmforge.cli import main
 from lmforge.compress.calibrate import Stats
 from lmforge.compress.lowrank import factor, factorize, merge_lowrank, rank_for
+from lmforge.compress import lowrank as lowrank_mod
 from lmforge.errors import ConfigError
 from lmforge.model.lowrank import LowRankLinear, lowrank_layers
 
@@ -52,6 +53,18 @@ def test_error_falls_as_rank_grows_and_activation_aware_is_not_worse_on_the_inpu
         assert errors["svd-llm"][i] <= errors["svd"][i] + 1e-6
         assert errors["asvd"][i] <= errors["svd"][i] + 1e-6
     assert errors["svd-llm"][0] < 0.8 * errors["svd"][0]
+
+
+def test_factors_are_balanced_so_that_training_them_is_stable():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(48, 64, generator=g) * 0.02
+    stats = Stats(64, gram=True)
+    stats.add(100 * _correlated()[None])  # large inputs: SVD-LLM's L^-1 would make A tiny and B huge
+    for method in ("svd", "asvd", "svd-llm"):
+        a, b = factor(w, 16, method, stats)
+        torch.testing.assert_close(a.norm(dim=1), b.norm(dim=0), rtol=1e-4, atol=1e-8)
+        a_ref, b_ref = lowrank_mod._factor(w, 16, method, stats, 0.5, 1e-6)
+        torch.testing.assert_close(b @ a, (b_ref @ a_ref).float(), rtol=1e-4, atol=1e-6)  # the same product
 
 
 def test_rank_ratio_sets_the_parameters_of_each_layer(tok):
