@@ -37,13 +37,27 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 # ---- saving --------------------------------------------------------------------------------------------
 
+RUN = "run.json"
+
+
+def read_run_info(path: str | os.PathLike) -> dict[str, Any]:
+    """run.json of a run folder, or of the run a checkpoint folder (best/, last/) belongs to, or the copy a derived
+    checkpoint keeps (quantized, pruned, factorised, exported); {} when none."""
+    path = Path(path)
+    for folder in (path, path.parent):
+        if (folder / RUN).is_file():
+            return lio.read_json(folder / RUN)
+    return {}
+
+
 def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: Tokenizer | None = None, *,
                      extra: dict[str, Any] | None = None, generation: dict[str, Any] | None = None,
-                     weights: bool = True) -> None:
+                     weights: bool = True, run: dict[str, Any] | None = None) -> None:
     """Write config, weights and tokenizer into `folder` (callers wrap this in `io.atomic_dir`). `extra` entries
     go into config.json beside the model config (e.g. where a converted model came from); `generation` is
     written as generation_config.json; weights=False leaves the weights to the caller (a sharded run writes
-    `model.dcp/` from every process)."""
+    `model.dcp/` from every process); `run` (the run.json of the fine-tuning run the model comes from: its
+    columns, lengths and labels) is kept beside it, so `predict` and `eval` on the new folder read them too."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lio.write_json(folder / CONFIG, {"lmforge_version": __version__, "lmforge_config": model.config.to_dict(),
@@ -55,6 +69,8 @@ def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: T
         tokenizer.save(folder)
     if generation:
         lio.write_json(folder / GENERATION_CONFIG, generation)
+    if run:
+        lio.write_json(folder / RUN, run)
 
 
 def save(model: Transformer, path: str | os.PathLike, tokenizer: Tokenizer | None = None, *, overwrite: bool = False,

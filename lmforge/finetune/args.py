@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .. import io as lio
 from ..config import check_options
 from ..errors import ConfigError
 from .options import FinetuneConfig, MethodConfig, ModelSource, TaskArgs, option
@@ -159,11 +158,9 @@ class InferOptions:
 
 def run_info(path: str | Path) -> dict[str, Any]:
     """run.json of a run folder, or of the run a checkpoint folder (best/, last/) belongs to; {} when none."""
-    path = Path(path)
-    for folder in (path, path.parent):
-        if (folder / "run.json").exists():
-            return lio.read_json(folder / "run.json")
-    return {}
+    from ..checkpoint import read_run_info
+
+    return read_run_info(path)
 
 
 def training_option(info: dict[str, Any], name: str, given: Any, default: Any) -> Any:

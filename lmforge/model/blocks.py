@@ -214,17 +214,37 @@ def build_attn_mask(
     return AttnMask(mask, False)
 
 
+def _sdpa_takes_gqa() -> bool:
+    import inspect
+
+    try:
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: try it
+        try:
+            x = torch.zeros(1, 2, 1, 4)
+            F.scaled_dot_product_attention(x, x[:, :1], x[:, :1], enable_gqa=True)
+            return True
+        except TypeError:
+            return False
+
+
+SDPA_GQA = _sdpa_takes_gqa()  # torch >= 2.5: SDPA attends grouped queries itself (no repeated keys and values)
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dropout: float) -> torch.Tensor:
     """`scaled_dot_product_attention`; on the CPU, half-precision inputs are attended in float32, where
-    PyTorch's CPU flash kernel is about 4x faster than its bf16 version (and more accurate)."""
+    PyTorch's CPU flash kernel is about 4x faster than its bf16 version (and more accurate). Keys and values with
+    fewer heads than the queries (grouped-query attention) go in as they are (SDPA's enable_gqa)."""
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}
     half = (torch.bfloat16, torch.float16)
     if q.device.type == "cpu" and (q.dtype in half or v.dtype in half or torch.is_autocast_enabled("cpu")):
         # (under CPU autocast, SDPA's inputs would be cast down to bf16 even when they arrive in fp32)
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.mask,
-                                               is_causal=mask.causal, dropout_p=dropout)
+                                               is_causal=mask.causal, dropout_p=dropout, **gqa)
         return y.to(v.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout,
+                                          **gqa)
 
 
 def attention_with_weights(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask
@@ -290,7 +310,7 @@ class Attention(nn.Module):
                 q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, K, S, D)
-        if self.n_kv_head != self.n_head:
+        if self.n_kv_head != self.n_head and (self.record is not None or not SDPA_GQA):
             repeat = self.n_head // self.n_kv_head
             k = k.repeat_interleave(repeat, dim=1)
             v = v.repeat_interleave(repeat, dim=1)

@@ -98,18 +98,24 @@ def test_prune_command_and_recovery_finetuning_from_a_pruned_classifier(tmp_path
 
     tokdir = tmp_path / "tok"
     encoder_tokenizer().save(tokdir)
-    train = write_table(tmp_path / "train.tsv", sentiment_rows(200, 0))
-    dev = write_table(tmp_path / "dev.tsv", sentiment_rows(60, 1))
-    finetune_classify(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "clf"),
-                      source=src(str(tokdir), set_=["n_layer=2", "d_model=64", "n_head=4"]),
+    # columns of the user's own names: the run records them, and every checkpoint derived from the run keeps that
+    # record, so eval / predict on a pruned or quantized classifier need no column options
+    header = ("y", "sentence")
+    train = write_table(tmp_path / "train.tsv", sentiment_rows(200, 0), header)
+    dev = write_table(tmp_path / "dev.tsv", sentiment_rows(60, 1), header)
+    finetune_classify(model="bert-mini", train=train, dev=dev, out=str(tmp_path / "clf"), text_column="sentence",
+                      label_column="y", source=src(str(tokdir), set_=["n_layer=2", "d_model=64", "n_head=4"]),
                       options=tiny_options(max_steps=40))
     assert main(["prune", str(tmp_path / "clf"), "--method", "heads,neurons", "--amount", "0.5", "--calib", train,
-                 "--out", str(tmp_path / "pruned")]) == 0
+                 "--text-column", "sentence", "--out", str(tmp_path / "pruned")]) == 0
     pruned = lmforge.load(tmp_path / "pruned")
     assert pruned.config.n_head == 2 and pruned.config.head == "classify"
     assert main(["eval", "classify", str(tmp_path / "pruned"), "--data", dev, "--out", str(tmp_path / "ev")]) == 0
+    assert main(["quantize", str(tmp_path / "clf"), "--method", "dynamic-int8", "--out", str(tmp_path / "q8")]) == 0
+    assert main(["predict", str(tmp_path / "q8"), "--input", dev, "--out", str(tmp_path / "q8.tsv")]) == 0
+    assert len((tmp_path / "q8.tsv").read_text().splitlines()) == 61
     result = finetune_classify(model=str(tmp_path / "pruned"), train=train, dev=dev, out=str(tmp_path / "rec"),
-                               options=tiny_options(max_steps=30))
+                               text_column="sentence", label_column="y", options=tiny_options(max_steps=30))
     assert result["dev"]["accuracy"] >= 0.9 and lmforge.load(tmp_path / "rec").config.n_head == 2
     # unstructured from the command line, then its errors
     assert main(["prune", str(tmp_path / "clf"), "--method", "magnitude", "--sparsity", "0.4",

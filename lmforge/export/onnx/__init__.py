@@ -137,9 +137,7 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
             graphs, info = _write_graphs(model, kind, tmp, opset, quantize)
             info = {"format": FORMAT, "kind": kind, "graphs": graphs, "opset": _opset(tmp / next(iter(graphs.values()))),
                     "quantize": quantize, "source": source, "parameters": model.num_parameters(), **info}
-            write_checkpoint(tmp, model, tokenizer, extra={KEY: info}, weights=False)
-            if run_info:
-                lio.write_json(tmp / "run.json", run_info)
+            write_checkpoint(tmp, model, tokenizer, extra={KEY: info}, weights=False, run=run_info)
     finally:
         model.train(was)
     files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}
