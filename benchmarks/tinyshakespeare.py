@@ -46,9 +46,9 @@ RECIPE = dict(batch_size=12, context=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
 
 
 def run_lmforge(data: Path, out: Path, model: str, steps: int, dtype: str, log_every: int = 10,
-                max_time: float | None = None) -> dict:
+                max_time: float | None = None, compile: str = "auto") -> dict:
     train = TrainConfig(max_steps=steps, eval_every=0, eval_batches=0, save_every=0, log_every=log_every, seed=1337,
-                        dtype=dtype, progress=False, max_time=max_time, **RECIPE)
+                        dtype=dtype, progress=False, max_time=max_time, compile=compile, **RECIPE)
     start = time.perf_counter()
     summary = pretrain(data=str(data), out=str(out), model=model, set_=["dropout=0.0"], train=train, overwrite=True)
     wall = time.perf_counter() - start
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench-out/shakespeare")
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--dtype", default="auto", help="lmforge's autocast dtype (auto | fp32 | bf16)")
+    ap.add_argument("--compile", default="auto", help="lmforge's --compile (auto | on | off); ms/step is the median "
+                    "of the logged steps, so a compiled run's first (compiling) steps do not count")
     args = ap.parse_args()
     src = Path(args.input)
     if not src.exists():
@@ -95,11 +97,12 @@ def main() -> None:
 
     print(f"[2/4] lmforge, same recipe and architecture (gpt-nano), {args.iters} iterations (dtype {args.dtype})",
           flush=True)
-    same = run_lmforge(out / "data", out / "run-gpt-nano", "gpt-nano", args.iters, args.dtype)
+    same = run_lmforge(out / "data", out / "run-gpt-nano", "gpt-nano", args.iters, args.dtype, compile=args.compile)
     print(f"      val loss {same['val_loss']:.4f}, {same['median_ms_per_step']:.1f} ms/step, {same['wall_s']:.0f}s", flush=True)
 
     print(f"[3/4] lmforge, same recipe and shape, Llama block (llama-nano), {args.iters} iterations", flush=True)
-    llama = run_lmforge(out / "data", out / "run-llama-nano", "llama-nano", args.iters, args.dtype)
+    llama = run_lmforge(out / "data", out / "run-llama-nano", "llama-nano", args.iters, args.dtype,
+                        compile=args.compile)
     print(f"      val loss {llama['val_loss']:.4f}, {llama['median_ms_per_step']:.1f} ms/step", flush=True)
 
     # The time the reference needs for its iterations (the shorter of its wall-clock and its median step time x
@@ -111,7 +114,7 @@ def main() -> None:
     print(f"[4/4] llama-nano in the reference's time for {args.iters} iterations ({budget_s:.0f}s at its median step): "
           f"{budget_steps} iterations", flush=True)
     timed = run_lmforge(out / "data", out / "run-timed", "llama-nano", budget_steps, args.dtype,
-                        max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1)
+                        max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1, compile=args.compile)
     print(f"      val loss {timed['val_loss']:.4f}, trained in {timed['train_s']:.0f}s (budget {budget_s:.0f}s)", flush=True)
 
     # the bare step (forward, backward, clip, AdamW on a fixed batch: benchmarks/train_step.py) of each model in the
