@@ -19,6 +19,10 @@
 - `recovery`: SmolLM2 with 30% of heads and MLP neurons removed and factorised by SVD-LLM (20% and 50% fewer
   parameters in the factorised layers), each before and after --recovery-steps of recovery training (next-token
   loss on WikiText-2 train); perplexity, KL and top-1 on WikiText-2 valid, decode speed at batch 1 and 32.
+- `gptmini`: one compression report with every method on a decoder lmforge trained (gpt-mini on WikiText-2, from
+  benchmarks/apps.py --stages lm): int8, int4 RTN and GPTQ, magnitude / Wanda / 2:4 at 50%, 30% of heads and neurons
+  removed, svd and svd-llm at 50% fewer parameters, and a half-depth student distilled for --student-steps, all made by
+  the commands' functions; size, decode and prefill speed, perplexity, KL and top-1 on WikiText-2 valid.
 """
 
 from __future__ import annotations
@@ -131,8 +135,12 @@ def main() -> None:
     ap.add_argument("--recovery-steps", type=int, default=100, help="recovery: training steps after compression")
     ap.add_argument("--lm-batch", type=int, default=8, help="lmkd, recovery: sequences per step")
     ap.add_argument("--lm-context", type=int, default=128, help="lmkd, recovery: tokens per sequence")
+    ap.add_argument("--decoder", default="bench-out/apps/wt2/gpt-run",
+                    help="gptmini: the lmforge-trained decoder (benchmarks/apps.py --stages lm trains it)")
+    ap.add_argument("--student-steps", type=int, default=300, help="gptmini: steps of the distilled half-depth student")
     args = ap.parse_args()
-    run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2, "lmkd": stage_lmkd, "recovery": stage_recovery})
+    run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2, "lmkd": stage_lmkd, "recovery": stage_recovery,
+                      "gptmini": stage_gptmini})
 
 
 def stage_sst2(args, out: Path) -> dict:
@@ -331,6 +339,49 @@ def stage_recovery(args, out: Path) -> dict:
     print_rows(rows)
     return {"rows": rows, "steps": args.recovery_steps, "batch": args.lm_batch, "context": args.lm_context,
             "date": time.strftime("%Y-%m-%d")}
+
+
+# ---- one report with every method on a decoder lmforge trained -------------------------------------------------
+
+def stage_gptmini(args, out: Path) -> dict:
+    """Every method of the compression commands on one decoder lmforge trained (gpt-mini on WikiText-2's 8k BPE, the
+    `lm` stage of benchmarks/apps.py), through the commands' own functions, in one `compress report`."""
+    from lmforge.commands.prune import lowrank_cli, prune_cli
+    from lmforge.compress.commands import report_cli
+    from lmforge.finetune.distill import distill
+    from lmforge.finetune.runs import FinetuneConfig
+
+    base = Path(args.decoder)
+    if not (base / "run.json").exists():
+        sys.exit(f"{base} is not a run: train it first (python benchmarks/apps.py --stages lm)")
+    data = need(base.parent / "data-train")  # its train split calibrates and distils; held-out: WikiText-2 valid
+    valid = need(base.parent / "wiki.valid.tokens")
+    root = out / "gptmini"
+    root.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for name, kw in (("magnitude-50%", dict(method="magnitude", sparsity=0.5)),
+                     ("wanda-50%", dict(method="wanda", sparsity=0.5, calib=str(data))),
+                     ("2:4-wanda", dict(method="2:4", calib=str(data))),
+                     ("heads+neurons-30%", dict(method="heads,neurons", amount=0.3, calib=str(data)))):
+        prune_cli(str(base), out=str(root / name), overwrite=True, **kw)
+        made[name] = root / name
+    for name, kw in (("svd-50%", dict(method="svd", rank_ratio=0.5)),
+                     ("svd-llm-50%", dict(method="svd-llm", rank_ratio=0.5, calib=str(data)))):
+        lowrank_cli(str(base), out=str(root / name), overwrite=True, **kw)
+        made[name] = root / name
+    start = time.perf_counter()
+    distill(teacher=str(base), student_init="every-other-layer", data=str(data), out=str(root / "distilled-half"),
+            overwrite=True, alpha=0.8, temperature=1.0,
+            options=FinetuneConfig(max_steps=args.student_steps, batch_size=16, context=256, lr=5e-4, min_lr=5e-5,
+                                   warmup_steps=20, eval_every=args.student_steps, eval_batches=8,
+                                   save_every=args.student_steps, log_every=50, progress=False))
+    distill_seconds = time.perf_counter() - start
+    made["distilled-half"] = root / "distilled-half"  # (a run folder: its best checkpoint)
+    result = report_cli(str(base), data=str(valid), out=str(root / "report"), methods="int8,int4-rtn,int4-gptq",
+                        include=",".join(str(p) for p in made.values()), calib=str(data), windows=args.windows * 4,
+                        context=args.context, batch8=False, overwrite=True)
+    return {"report": str(root / "report"), "distill_seconds": distill_seconds, "student_steps": args.student_steps,
+            "rows": result.get("rows") if isinstance(result, dict) else None, "date": time.strftime("%Y-%m-%d")}
 
 
 if __name__ == "__main__":

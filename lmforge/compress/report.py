@@ -204,7 +204,9 @@ def build_entries(original: nn.Module, methods: list[str], include: list[str], *
                              f"{opts['method']} {opts['algo'].upper()}" + (f" g{opts['group_size']}"
                                                                            if opts["method"] == "int4" else "")))
     for path in include:
-        entries.append(Entry(Path(path).name or str(path), lambda path=path: load(path), f"from {path}"))
+        p = Path(path)
+        name = f"{p.parent.name}/{p.name}" if p.name in ("best", "last") and p.parent.name else (p.name or str(path))
+        entries.append(Entry(name, lambda path=path: load(path), f"from {path}"))  # (a run's best/: "run/best")
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ConfigError(f"--methods/--include name the same entry twice ({', '.join(names)}); give each once")
