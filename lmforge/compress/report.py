@@ -304,7 +304,9 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     axes[0].set_title("quality loss vs speed-up (marker area = size)")
     axes[0].axvline(1.0, color="grey", lw=0.8, ls=":")
     axes[1].set_xlabel("size reduction (x the original)")
-    axes[1].set_ylabel("perplexity change (%)")
+    # symlog: -1% and +1e6% (a collapsed factorisation) on one readable axis, linear within +-1%
+    axes[1].set_yscale("symlog", linthresh=1.0)
+    axes[1].set_ylabel("perplexity change (%, symmetric log scale)")
     axes[1].set_title("perplexity change vs size")
     axes[1].axhline(0.0, color="grey", lw=0.8, ls=":")
     fig.suptitle(title, fontsize=10)
