@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import json
@@ -138,6 +139,8 @@ def main() -> None:
     ap.add_argument("--decoder", default="bench-out/apps/wt2/gpt-run",
                     help="gptmini: the lmforge-trained decoder (benchmarks/apps.py --stages lm trains it)")
     ap.add_argument("--student-steps", type=int, default=300, help="gptmini: steps of the distilled half-depth student")
+    ap.add_argument("--albert", action=argparse.BooleanOptionalAction, default=True,
+                    help="gptmini: also train the ALBERT-style shared-layer model (as long as the original)")
     args = ap.parse_args()
     run_stages(args, {"smollm": stage_smollm, "sst2": stage_sst2, "lmkd": stage_lmkd, "recovery": stage_recovery,
                       "gptmini": stage_gptmini})
@@ -377,10 +380,30 @@ def stage_gptmini(args, out: Path) -> dict:
                                    save_every=args.student_steps, log_every=50, progress=False))
     distill_seconds = time.perf_counter() - start
     made["distilled-half"] = root / "distilled-half"  # (a run folder: its best checkpoint)
+    # ALBERT-style sharing: the same shape with 3 distinct blocks each used twice, trained like the original (its
+    # steps, batch, context, learning rate and warm-up; the original was time-boxed with a schedule for 100k steps,
+    # so it stopped inside its warm-up, and this run's short cosine tail is the one difference)
+    albert_seconds = None
+    if args.albert:
+        from lmforge.train.options import TrainConfig
+        from lmforge.train.pretrain import pretrain
+
+        info = json.loads((base / "run.json").read_text())["train"]
+        steps = json.loads((base / "summary.json").read_text())["steps"]
+        start = time.perf_counter()
+        pretrain(model="gpt-mini", data=str(data), out=str(root / "albert-shared-3of6"), overwrite=True,
+                 set_=["dropout=0.1", "unique_layers=3"],
+                 train=TrainConfig(max_steps=steps, batch_size=info["batch_size"], context=info["context"],
+                                   lr=info["lr"], warmup_steps=info["warmup_steps"], eval_every=steps,
+                                   eval_batches=20, save_every=steps, log_every=50, progress=False, compile="off",
+                                   seed=info["seed"]))
+        albert_seconds = time.perf_counter() - start
+        made["albert-shared-3of6"] = root / "albert-shared-3of6"
     result = report_cli(str(base), data=str(valid), out=str(root / "report"), methods="int8,int4-rtn,int4-gptq",
                         include=",".join(str(p) for p in made.values()), calib=str(data), windows=args.windows * 4,
                         context=args.context, batch8=False, overwrite=True)
     return {"report": str(root / "report"), "distill_seconds": distill_seconds, "student_steps": args.student_steps,
+            "albert_seconds": albert_seconds,
             "rows": result.get("rows") if isinstance(result, dict) else None, "date": time.strftime("%Y-%m-%d")}
 
 
