@@ -204,3 +204,35 @@ def test_parameter_count_of_a_deep_shape_is_counted_from_two_blocks(name):
     for extra in shapes:
         shape = dataclasses.replace(config, **extra)
         assert parameter_count(shape) == build_empty(shape).num_parameters(), extra
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_grouped_query_attention_through_sdpa_equals_repeated_heads(monkeypatch, padded):
+    """SDPA's own grouped-query path (enable_gqa: keys and values not repeated) gives the outputs and gradients of
+    the repeated-heads path, with and without a padding mask (cached decoding is covered by the parity tests
+    against transformers, which run the GQA path)."""
+    import lmforge.model.blocks as blocks
+
+    if not blocks.SDPA_GQA:
+        pytest.skip("this torch has no enable_gqa")
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("llama-tiny", n_layer=2, d_model=64, n_head=4, n_kv_head=2, vocab_size=50,
+                                context_length=32)
+    model = build_model(cfg)
+    ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[1, :5] = 0
+
+    def run():
+        model.zero_grad()
+        logits = model(ids, mask if padded else None)
+        logits.float().pow(2).mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    fused, fused_grads = run()
+    monkeypatch.setattr(blocks, "SDPA_GQA", False)
+    repeated, repeated_grads = run()
+    torch.testing.assert_close(fused, repeated, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused_grads, repeated_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
