@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="lmforge's autocast dtype (auto | fp32 | bf16)")
     ap.add_argument("--compile", default="auto", help="lmforge's --compile (auto | on | off); ms/step is the median "
                     "of the logged steps, so a compiled run's first (compiling) steps do not count")
+    ap.add_argument("--compile-models", default="gpt-nano,llama-nano",
+                    help="the lmforge models --compile applies to (the others: auto)")
     args = ap.parse_args()
     src = Path(args.input)
     if not src.exists():
@@ -97,12 +99,15 @@ def main() -> None:
 
     print(f"[2/4] lmforge, same recipe and architecture (gpt-nano), {args.iters} iterations (dtype {args.dtype})",
           flush=True)
-    same = run_lmforge(out / "data", out / "run-gpt-nano", "gpt-nano", args.iters, args.dtype, compile=args.compile)
+    def mode(model: str) -> str:
+        return args.compile if model in args.compile_models.split(",") else "auto"
+
+    same = run_lmforge(out / "data", out / "run-gpt-nano", "gpt-nano", args.iters, args.dtype, compile=mode("gpt-nano"))
     print(f"      val loss {same['val_loss']:.4f}, {same['median_ms_per_step']:.1f} ms/step, {same['wall_s']:.0f}s", flush=True)
 
     print(f"[3/4] lmforge, same recipe and shape, Llama block (llama-nano), {args.iters} iterations", flush=True)
     llama = run_lmforge(out / "data", out / "run-llama-nano", "llama-nano", args.iters, args.dtype,
-                        compile=args.compile)
+                        compile=mode("llama-nano"))
     print(f"      val loss {llama['val_loss']:.4f}, {llama['median_ms_per_step']:.1f} ms/step", flush=True)
 
     # The time the reference needs for its iterations (the shorter of its wall-clock and its median step time x
@@ -114,7 +119,7 @@ def main() -> None:
     print(f"[4/4] llama-nano in the reference's time for {args.iters} iterations ({budget_s:.0f}s at its median step): "
           f"{budget_steps} iterations", flush=True)
     timed = run_lmforge(out / "data", out / "run-timed", "llama-nano", budget_steps, args.dtype,
-                        max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1, compile=args.compile)
+                        max_time=budget_s - (llama["wall_s"] - llama["train_s"]) - 1, compile=mode("llama-nano"))
     print(f"      val loss {timed['val_loss']:.4f}, trained in {timed['train_s']:.0f}s (budget {budget_s:.0f}s)", flush=True)
 
     # the bare step (forward, backward, clip, AdamW on a fixed batch: benchmarks/train_step.py) of each model in the
@@ -123,7 +128,7 @@ def main() -> None:
 
     bf16 = args.dtype == "bf16" or (args.dtype == "auto" and native_bf16(torch.device("cpu")))
     for r, name in ((same, "gpt-nano"), (llama, "llama-nano")):
-        r["bare_ms"] = train_step.step_ms(name, bf16, False)
+        r["bare_ms"] = train_step.step_ms(name, bf16, mode(name) == "on")  # (compiled like the run)
         r["loop_vs_bare"] = r["median_ms_per_step"] / r["bare_ms"]
         print(f"      {name}: bare step {r['bare_ms']:.1f} ms, the loop's median step {r['median_ms_per_step']:.1f} ms "
               f"({r['loop_vs_bare']:.2f}x), MFU {100 * (r['mfu'] or 0):.1f}%", flush=True)
