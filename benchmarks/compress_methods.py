@@ -338,8 +338,6 @@ def stage_recovery(args, out: Path) -> dict:
     for name, make in makers.items():
         folder = root / name
         if not (folder / "config.json").exists():
-            import copy
-
             lmforge.save(make(copy.deepcopy(original)), folder, overwrite=True)
         start = time.perf_counter()
         pretrain(init=str(folder), data=str(work["data"]), out=str(root / f"{name}-recovered"), overwrite=True,

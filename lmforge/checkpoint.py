@@ -50,6 +50,12 @@ def read_run_info(path: str | os.PathLike) -> dict[str, Any]:
     return {}
 
 
+def source_run_info(source: str | os.PathLike) -> dict[str, Any] | None:
+    """The run.json a model made from `source` keeps beside it (quantized, pruned, factorised, exported): the run's
+    when `source` is a run or checkpoint folder, None for a file (a .gguf, whose folder is not its run)."""
+    return read_run_info(source) if Path(source).is_dir() else None
+
+
 def write_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizer: Tokenizer | None = None, *,
                      extra: dict[str, Any] | None = None, generation: dict[str, Any] | None = None,
                      weights: bool = True, run: dict[str, Any] | None = None) -> None:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from . import io as lio
 from .errors import ConfigError, LmforgeError
+from .export.onnx import REQUIRES as ONNX_REQUIRES
 from .generate import generate
 from .loading import load
 from .model import Transformer
@@ -251,7 +252,7 @@ FORMATS: dict[str, Callable[[Any, CheckOptions], Iterator[Runtime]]] = {
 }
 
 
-REQUIRES = {"hf": ("transformers",), "onnx": ("onnx", "onnxscript", "onnxruntime")}  # module names = PyPI names
+REQUIRES = {"hf": ("transformers",), "onnx": ONNX_REQUIRES}  # module names = PyPI names
 EXTRAS = {"hf": "hf", "onnx": "onnx"}
 
 

@@ -70,7 +70,7 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
     """
     from .. import io as lio
     from ..export.onnx import check_options, export_onnx, is_onnx_export, onnx_summary, quantize_export
-    from ..finetune.args import run_info
+    from ..checkpoint import source_run_info
     from ..loading import load
 
     check_options(quantize, opset)
@@ -81,7 +81,7 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
         return done.path
     model = load(checkpoint, dtype="fp32")
     done = export_onnx(model, out, quantize=quantize, opset=opset, overwrite=True, source=str(checkpoint),
-                       run_info=run_info(checkpoint) if Path(checkpoint).is_dir() else None)
+                       run_info=source_run_info(checkpoint))
     print(onnx_summary(done))
     if check:
         from ..export.onnx.check import quick_check

@@ -26,15 +26,6 @@ def _source(checkpoint: str, out: str, calib: str | None, device: str, overwrite
     return load(checkpoint, device=resolve_device(device), dtype="fp32")
 
 
-def _run_of(checkpoint: str) -> dict[str, Any] | None:
-    """The fine-tuning run's run.json (columns, lengths), kept beside the compressed checkpoint."""
-    from pathlib import Path
-
-    from ..checkpoint import read_run_info
-
-    return read_run_info(checkpoint) if Path(checkpoint).is_dir() else None
-
-
 def _report(name: str, before: Any, after: Any, out: str, what: str) -> dict[str, Any]:
     p0, p1 = before, after.num_parameters()
     print(f"{what}: {p0 / 1e6:.2f}M -> {p1 / 1e6:.2f}M parameters ({p1 / p0:.1%}) -> {out}")
@@ -61,7 +52,7 @@ def prune_cli(checkpoint: str, *, out: str, method: PruneMethod = "wanda", spars
         device: cpu, cuda or auto
         overwrite: replace an lmforge checkpoint already in --out
     """
-    from ..checkpoint import save
+    from ..checkpoint import save, source_run_info
     from ..compress.prune import prune, sparsity_of
 
     model = _source(checkpoint, out, calib, device, overwrite)
@@ -69,7 +60,7 @@ def prune_cli(checkpoint: str, *, out: str, method: PruneMethod = "wanda", spars
     tokenizer = model.tokenizer
     pruned = prune(model, method, sparsity=sparsity, amount=amount, calib=calib, calib_samples=calib_samples,
                    calib_length=calib_length, text_column=text_column)
-    save(pruned, out, tokenizer, overwrite=True, run=_run_of(checkpoint))
+    save(pruned, out, tokenizer, overwrite=True, run=source_run_info(checkpoint))
     result = _report("pruning", before, pruned, out, f"pruned ({method})")
     if method in ("magnitude", "wanda", "2:4"):
         zeros = sparsity_of(pruned)
@@ -106,7 +97,7 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
             onnx, to-hf, which write plain layers)
         overwrite: replace an lmforge checkpoint already in --out
     """
-    from ..checkpoint import save
+    from ..checkpoint import save, source_run_info
     from ..compress.lowrank import factorize, merge_lowrank
     from ..errors import ConfigError
 
@@ -116,11 +107,11 @@ def lowrank_cli(checkpoint: str, *, out: str, rank_ratio: float = 0.5, method: L
         if not model.config.lowrank:
             raise ConfigError(f"{checkpoint} has no factorised layers to merge (its config has no lowrank entry)")
         tokenizer = model.tokenizer
-        save(merge_lowrank(model), out, tokenizer, overwrite=True, run=_run_of(checkpoint))
+        save(merge_lowrank(model), out, tokenizer, overwrite=True, run=source_run_info(checkpoint))
         return _report("lowrank", before, model, out, "merged into dense layers")
     ranks = factorize(model, rank_ratio, method, calib=calib, calib_samples=calib_samples,
                       calib_length=calib_length, text_column=text_column)
-    save(model, out, model.tokenizer, overwrite=True, run=_run_of(checkpoint))
+    save(model, out, model.tokenizer, overwrite=True, run=source_run_info(checkpoint))
     print(f"{len(ranks)} layers factorised, ranks {min(ranks.values())} .. {max(ranks.values())}")
     return _report("lowrank", before, model, out, f"factorised ({method}, rank ratio {rank_ratio})")
 

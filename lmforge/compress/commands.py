@@ -42,7 +42,7 @@ def quantize_cli(
         overwrite: replace an lmforge checkpoint already in --out
     """
     from .. import io as lio
-    from ..checkpoint import is_lmforge_checkpoint, read_run_info, save
+    from ..checkpoint import is_lmforge_checkpoint, save, source_run_info
     from ..config import check_minimum
     from ..loading import load
     from ..model.quant import quant_layers
@@ -63,7 +63,7 @@ def quantize_cli(
                      act_order=act_order, calib_samples=calib_samples, calib_context=calib_context, damp=damp)
     after = weight_bytes(model)
     save(model, out, tokenizer, overwrite=True, extra={"quantized_from": str(checkpoint)},
-         run=read_run_info(checkpoint) if Path(checkpoint).is_dir() else None)
+         run=source_run_info(checkpoint))
     layers = len(quant_layers(model))
     label = method + (f" g{group_size}" if method == "int4" else "") + f" {algo.upper()}"
     print(f"quantized {layers} linear layers ({label}{', head kept in float' if not head else ''}): weights "
