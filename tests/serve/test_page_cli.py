@@ -124,7 +124,8 @@ def test_chat_page_in_headless_chromium(cli_server, tmp_path):
                 body=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"))
             page.fill("#input", "show html")
             page.click("#send")
-            page.wait_for_function("() => document.querySelectorAll('.msg.assistant').length === 3")
+            page.wait_for_function("() => !document.getElementById('send').disabled && "
+                                   "document.querySelectorAll('.msg.assistant').length === 3")
             assert page.locator(".msg.assistant").nth(2).text_content() == evil
             assert page.evaluate("() => window.pwned") is None and page.locator("#log img, #log script").count() == 0
         except Exception:
