@@ -75,7 +75,7 @@ def main() -> None:
                                 lambda: [kernels.linear_f32(xs[w.shape[1]], w) for w in weights]))
         nw = [w.numpy() for w in weights]
         nx = {k: v.numpy() for k, v in vs.items()}
-        kernels.append(("numpy BLAS sgemv (for scale)", lambda: [w.dot(nx[w.shape[1]]) for w in nw]))
+        kernel_rows.append(("numpy BLAS sgemv (for scale)", lambda: [w.dot(nx[w.shape[1]]) for w in nw]))
         flat = torch.cat([w.flatten() for w in weights])
         read_ms = best_ms(lambda: flat.sum(), args.repeats)
         for name, fn in kernel_rows:
