@@ -502,6 +502,56 @@ at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p
   return x;
 }
 
+
+// ---- int4 -> bf16, for prefill: the dequantized weight that oneDNN's bf16 matrix-matrix product takes ---------
+// Each 16 bytes of a row give 32 weights: the low nibbles the even columns, the high ones the odd columns, so the
+// bf16 of an even column and the next odd one share a 32-bit word (little-endian: the even one in the low half).
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512i to_bf16_bits(__m512 v) {
+  // round to nearest even (as PyTorch's fp32 -> bf16 conversion; finite values)
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+void i4_dequant_rows(const uint8_t* w, const float* scale, const float* shift, uint16_t* out, int64_t K, int64_t G,
+                     int64_t n0, int64_t n1) {
+  const int64_t half = K / 2, groups = K / G, gh = G / 2;
+  const __m512i low = _mm512_set1_epi32(15);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* wr = w + n * half;
+    uint16_t* orow = out + n * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m512 s = _mm512_set1_ps(scale[n * groups + g]), h = _mm512_set1_ps(shift[n * groups + g]);
+      for (int64_t j = g * gh; j < (g + 1) * gh; j += 16) {
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wr + j)));
+        __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, low)), s, h);
+        __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), s, h);
+        __m512i words = _mm512_or_si512(to_bf16_bits(lo), _mm512_slli_epi32(to_bf16_bits(hi), 16));
+        _mm512_storeu_si512(reinterpret_cast<void*>(orow + 2 * j), words);
+      }
+    }
+  }
+}
+
+// w (N, K/2) uint8, scale/shift (N, K/G) fp32 -> (N, K) bf16
+at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& shift, int64_t G) {
+  const int64_t K = 2 * (w.dim() == 2 ? w.size(1) : 0), N = w.dim() == 2 ? w.size(0) : 0;
+  if (!(has_avx512() && w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() && w.device().is_cpu()
+        && G >= 32 && G % 32 == 0 && K % G == 0 && scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat
+        && scale.is_contiguous() && shift.is_contiguous() && scale.numel() == N * (K / G)
+        && shift.numel() == N * (K / G)))
+    return at::empty({0}, w.options().dtype(at::kBFloat16));
+  at::Tensor out = at::empty({N, K}, w.options().dtype(at::kBFloat16));
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const float* sp = scale.data_ptr<float>();
+  const float* hp = shift.data_ptr<float>();
+  uint16_t* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  at::parallel_for(0, N, grain(K), [&](int64_t b, int64_t e) { i4_dequant_rows(wp, sp, hp, op, K, G, b, e); });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmforge_kernels, m) {
@@ -510,6 +560,7 @@ TORCH_LIBRARY(lmforge_kernels, m) {
   m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", linear_int4);
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor", rms_norm);
   m.def("avx512() -> bool", has_avx512);
+  m.def("dequant_int4(Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", dequant_int4);
   m.def("decode_layer(Tensor x, Tensor[] p, Tensor(a!) kcache, Tensor(b!) vcache, int pos, Tensor cos, Tensor sin, "
         "int n_head, int n_kv_head, float eps, bool layer_norm, bool gated, int act, float scale) -> Tensor",
         decode_layer);

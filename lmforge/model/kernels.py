@@ -120,6 +120,16 @@ def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, sh
     return y if y.numel() else None
 
 
+def dequant_int4(qweight: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor, group_size: int
+                 ) -> torch.Tensor | None:
+    """lmforge's int4 layout (as `linear_int4` takes it) dequantized to a bf16 (N, K) weight, or None."""
+    k = ops()
+    if k is None or qweight.device.type != "cpu":
+        return None
+    w = k.dequant_int4(qweight, scales, shifts, group_size)
+    return w if w.numel() else None
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
     """RMSNorm over the last dimension for fp32 CPU tensors without gradients, or None."""
     if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
@@ -132,4 +142,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     return y if y.numel() else None
 
 
-__all__ = ["MAX_ROWS", "enabled", "disabled", "ops", "linear_f32", "linear_int8", "linear_int4", "rms_norm"]
+__all__ = ["MAX_ROWS", "enabled", "disabled", "ops", "linear_f32", "linear_int8", "linear_int4", "dequant_int4",
+           "rms_norm"]

@@ -15,7 +15,9 @@ Kinds and what each stores (the checkpoint's safetensors; portable, nothing pack
 
 Kernels (measured on this 2-core AMD EPYC with AVX512-BF16, see docs/compression.md): at most
 `kernels.MAX_ROWS` rows of input (decoding) go to lmforge's own AVX-512 kernels (`lmforge.model.kernels`: the
-int8 and int4 layouts above read as they are stored, fp32 activations) where they are built. Otherwise int4 runs
+int8 and int4 layouts above read as they are stored, fp32 activations) where they are built, and int4 inputs of
+more than `PREFILL_ROWS` rows (prefill, scoring) dequantize to bf16 with lmforge's kernel for oneDNN's bf16 linear
+(1.7-2.7x aten's packed kernel at 64-256 rows on SmolLM2's layers). Otherwise int4 runs
 `aten._weight_int4pack_mm_for_cpu` (packed once, lazily, for the CPU it runs on), whose alternative (unpacking the
 nibbles and multiplying densely) was 2-15x slower at every size measured; int8 runs `aten._weight_int8pack_mm` at
 decoding sizes (at most `DECODE_ROWS` rows of input) and dequantizes to a bf16 weight for oneDNN's bf16 linear on
@@ -41,6 +43,7 @@ from .fast import Linear
 KINDS = ("int8", "int4", "dynamic-int8")
 GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
 DECODE_ROWS = 16  # inputs with at most this many rows (tokens x batch) take the packed kernels
+PREFILL_ROWS = 32  # int4 with lmforge's kernels: more rows than this dequantize to bf16 for oneDNN's product
 # linear layers that are task heads: never quantized (the LM head only when asked)
 TASK_HEADS = ("classifier", "pooler", "nsp", "mlm_dense", "relation_classifier")
 _lock = threading.Lock()
@@ -207,6 +210,10 @@ class Int4Linear(QuantLinear):
         return unpack_nibbles(self.qweight)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if dtype == torch.bfloat16 and self.qweight.device.type == "cpu" and kernels.ops() is not None:
+            w = kernels.dequant_int4(*self.kernel_tensors(), self.group_size)  # (the same bf16 values, ~20x faster)
+            if w is not None:
+                return w
         n, g = self.out_features, self.group_size
         q = self.codes().view(n, -1, g).to(dtype) - 8
         return (q * self.scales.to(dtype)[..., None] + self.offsets.to(dtype)[..., None]).view(n, self.in_features)
@@ -230,12 +237,17 @@ class Int4Linear(QuantLinear):
             self._own = [self.qweight.contiguous(), scale.contiguous(), (self.offsets.float() - 8 * scale).contiguous()]
         return self._own
 
-    def _kernel(self, x2):  # every size: unpacking the nibbles to multiply densely costs more than the kernel
-        if x2.shape[0] <= kernels.MAX_ROWS and kernels.ops() is not None:
-            w, s, h = self.kernel_tensors()
-            y = kernels.linear_int4(x2, w, s, h, self.group_size)
-            if y is not None:
-                return y
+    def _kernel(self, x2):
+        if kernels.ops() is not None:
+            if x2.shape[0] <= kernels.MAX_ROWS:
+                w, s, h = self.kernel_tensors()
+                y = kernels.linear_int4(x2, w, s, h, self.group_size)
+                if y is not None:
+                    return y
+            elif x2.shape[0] > PREFILL_ROWS:  # lmforge's dequantization + oneDNN's bf16 product: 1.7-2.7x aten's
+                return None
+        # (without lmforge's kernels, aten's packed kernel at every size: unpacking the nibbles with torch ops
+        # costs more than the product)
         packed, sz = self._pack()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
         return y[:, : self.out_features] if y.shape[1] != self.out_features else y

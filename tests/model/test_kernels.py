@@ -164,3 +164,28 @@ def test_without_the_kernels_everything_still_decodes(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "torch.Size([1, 7])"
+
+
+@pytest.mark.parametrize("group", [32, 128])
+def test_int4_dequantized_to_bf16_by_the_kernel_equals_pytorch(group):
+    """Prefill's path for int4: the kernel's bf16 weight is PyTorch's fp32 dequantization rounded to bf16, bit for bit;
+    the layer at prefill sizes goes through it."""
+    layer = torch.nn.Linear(256, 80, bias=False)
+    q = quantize_rtn(layer, "int4", group)
+    fp32 = q.dequantize(torch.float32)  # (PyTorch ops)
+    w = kernels.dequant_int4(*q.kernel_tensors(), group)
+    assert w is not None and w.dtype == torch.bfloat16 and torch.equal(w, fp32.to(torch.bfloat16))
+    x = torch.randn(64, 256)
+    with torch.inference_mode():
+        y = q(x)
+    assert rel(y, x.bfloat16().double() @ w.double().T) < 1e-2  # (bf16 activations in this path)
+
+
+def test_import_asks_torch_for_huge_pages_unless_the_user_chose():
+    code = "import os, lmforge; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    for given, expected in ((None, "1"), ("0", "0")):
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        if given is not None:
+            env["THP_MEM_ALLOC_ENABLE"] = given
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == expected, out.stderr
