@@ -16,11 +16,16 @@
 - `sst2`: the SST-2 MiniLM classifier (--sst2-run, default the one benchmarks/apps.py --stages sst2 trains), fp32 vs
   dynamic-int8 made by `lmforge quantize`: dev accuracy on all 872 sentences (through `lmforge eval classify`) and
   classification throughput at batch 32 (interleaved, best of 5), as a ratio.
+- `wikitext`: a decoder lmforge trains itself on WikiText-2 train (gpt-mini widened to 384 with 6 heads, so every
+  layer's inputs take groups of 32 and of 128; 8k BPE and prepared data from benchmarks/apps.py --stages lm;
+  --wikitext-minutes of training, then evaluated as trained), in the compression report: int8, int4 RTN and GPTQ at
+  groups 32 and 128, on WikiText-2 valid; GPTQ calibrated on its train split.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -221,6 +226,29 @@ def stage_sst2(args, out: Path) -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
+def stage_wikitext(args, out: Path) -> dict:
+    from lmforge.compress.commands import report_cli
+    from lmforge.train.options import TrainConfig
+    from lmforge.train.pretrain import pretrain
+
+    wt2 = Path(args.apps_out) / "wt2"
+    data, valid = need(wt2 / "data-train"), need(wt2 / "wiki.valid.tokens")
+    run = out / "wikitext-384"
+    if not (run / "summary.json").exists():
+        start = time.time()
+        pretrain(model="gpt-mini", data=str(data), out=str(run), overwrite=True,
+                 set_=["dropout=0.1", "d_model=384", "n_head=6"],
+                 train=TrainConfig(max_time=args.wikitext_minutes * 60, max_steps=100000, batch_size=16, context=256,
+                                   lr=1e-3, warmup_steps=100, eval_every=250, eval_batches=20, save_every=250,
+                                   progress=False, log_every=50, compile="off"))
+        print(f"trained in {time.time() - start:.0f} s", flush=True)
+    result = report_cli(str(run), data=str(valid), out=str(out / "wikitext-report"), calib=str(data),
+                        methods="int8,int4-rtn-g32,int4-gptq-g32,int4-rtn-g128,int4-gptq-g128",
+                        windows=args.windows * 4, context=args.context, calib_context=256, batch8=False, overwrite=True)
+    summary = json.loads((run / "summary.json").read_text())
+    return {"rows": result.get("rows"), "steps": summary.get("steps"), "run": str(run), "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     ap = parser(__doc__, "bench-out/quantize")
     ap.add_argument("--stages", default="smollm2,gpt2,minilm")
@@ -229,8 +257,11 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=32, help="GPTQ calibration windows (WikiText-2 train)")
     ap.add_argument("--sst2-run", default="bench-out/apps/sst2-run",
                     help="sst2: the fine-tuned SST-2 classifier (run folder)")
+    ap.add_argument("--apps-out", default="bench-out/apps", help="wikitext: where benchmarks/apps.py --stages lm "
+                    "left WikiText-2's tokenizer and prepared data")
+    ap.add_argument("--wikitext-minutes", type=float, default=8.0, help="wikitext: training time of the decoder")
     run_stages(ap.parse_args(), {"smollm2": stage_smollm2, "gpt2": stage_gpt2, "minilm": stage_minilm,
-                                 "sst2": stage_sst2})
+                                 "sst2": stage_sst2, "wikitext": stage_wikitext})
 
 
 if __name__ == "__main__":

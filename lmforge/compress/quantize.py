@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError, choices
-from ..model.quant import (GROUP_SIZES, KINDS, check_int4_shape, from_codes, int4_codes, int4_params, int8_codes,
-                           int8_scales, quant_layers, quantizable, quantize_rtn, swap)
+from ..model.quant import (GROUP_SIZES, KINDS, check_int4_shape, exact_forward, from_codes, int4_codes, int4_params,
+                           int8_codes, int8_scales, quant_layers, quantizable, quantize_rtn, swap)
 
 ALGOS = ("rtn", "gptq")
 
@@ -180,7 +180,15 @@ class _Stop(Exception):
 @torch.no_grad()
 def gptq_quantize(model: nn.Module, names: list[str], kind: str, windows: torch.Tensor, *, group_size: int,
                   symmetric: bool, act_order: bool, damp: float, batch_size: int = 4, progress: bool = True) -> None:
-    """Quantize the layers `names` of `model` with GPTQ, block by block (see the module docstring)."""
+    """Quantize the layers `names` of `model` with GPTQ, block by block (see the module docstring). Calibration
+    activations pass the already quantized layers in fp32 (`exact_forward`), whatever kernels this CPU has."""
+    with exact_forward():
+        _gptq_quantize(model, names, kind, windows, group_size=group_size, symmetric=symmetric, act_order=act_order,
+                       damp=damp, batch_size=batch_size, progress=progress)
+
+
+def _gptq_quantize(model: nn.Module, names: list[str], kind: str, windows: torch.Tensor, *, group_size: int,
+                   symmetric: bool, act_order: bool, damp: float, batch_size: int, progress: bool) -> None:
     stack, blocks = _blocks(model)
     wanted = set(names)
     captured: list[tuple[tuple, dict]] = []

@@ -29,8 +29,9 @@ CPUs), else the dequantized weight.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,22 @@ PREFILL_ROWS = 32  # int4 with lmforge's kernels: more rows than this dequantize
 TASK_HEADS = ("classifier", "pooler", "nsp", "mlm_dense", "relation_classifier")
 _lock = threading.Lock()
 _int_mm_ok: bool | None = None
+
+
+_exact = threading.local()
+
+
+@contextlib.contextmanager
+def exact_forward() -> Iterator[None]:
+    """Within this block (in this thread), quantized layers multiply by their dequantized weight in the input's own
+    dtype (fp32: no bf16 rounding of weights or activations): what GPTQ propagates its calibration activations
+    through, so its choices do not depend on which CPU kernel a machine has."""
+    before = getattr(_exact, "on", False)
+    _exact.on = True
+    try:
+        yield
+    finally:
+        _exact.on = before
 
 
 # ---- round to nearest ---------------------------------------------------------------------------------
@@ -135,7 +152,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        fast = x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+        fast = (x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+                and not getattr(_exact, "on", False))
         y = self._kernel(x2) if fast else None
         if y is None:  # matrix-matrix (or not on the CPU, or with a gradient): the dequantized weight
             dtype = torch.bfloat16 if fast and x.dtype == torch.float32 else x.dtype
