@@ -161,8 +161,9 @@ def generate_cli(
         batch_size: prompts decoded together.
         truncate: a prompt longer than the context is an error, or loses its start (left).
         ignore_eos: keep generating after the end-of-text token.
-        compile: the decode step: off (the model's forward) | static (a static KV cache, the step written out) | on
-            (that step compiled by torch.compile: minutes on a small CPU the first time); decoders, equal-length prompts.
+        compile: the decode step: off (the model's forward; on an AVX-512 CPU lmforge's fused layers where they apply) |
+            static (a static KV cache, the step written out) | on (that step compiled by torch.compile: minutes on a
+            small CPU the first time); decoders, equal-length prompts.
         device: cpu | cuda | mps | auto.
         dtype: fp32 | bf16 | fp16 | auto (as saved).
         runtime: torch | onnx (an ONNX export folder, run by ONNX Runtime: `lmforge export onnx`) | auto (onnx for

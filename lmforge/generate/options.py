@@ -38,7 +38,8 @@ class GenerationOptions:
     pad_token_id: int | None = None  # fills finished rows in token-id outputs; None: the model's
     ignore_eos: bool = False  # never stop at EOS (benchmarks)
     use_cache: bool = True  # False recomputes the whole sequence at every step (for testing)
-    compile: str = "off"  # the decode step: "off" (the model's forward), "static" (a static KV cache and the step
+    compile: str = "off"  # the decode step: "off" (the model's forward, or lmforge's fused CPU layers where they apply:
+    # lmforge.generate.static.fused_ok), "static" (a static KV cache and the step
     # written out, lmforge.generate.static), "on" (that step torch.compile'd: inductor on a CPU, CUDA graphs on a GPU)
     batch_size: int | None = None  # prompts per forward pass; None: all at once
     truncate: str = "error"  # "error": a prompt that does not fit the context is an error; "left": drop its start
