@@ -141,6 +141,10 @@ class StaticDecoder:
         if kept is None or kept.model is not model or kept.keys.shape[1] != batch_size:
             _KEPT.clear()  # (one at a time: a decoder holds its model and a cache)
             kept = _KEPT[key] = cls(model, batch_size, max_len, compile_mode)
+        elif compile_mode is None:  # the model may have changed in place since (quantized, pruned, new weights):
+            # the fused path's tensors are taken again (references, no copies)
+            kept._fused = ([kept._fused_args(block) for block in model.decoder.layers]
+                           if fused_ok(model, batch_size) else None)
         kept.length = 0
         return kept
 

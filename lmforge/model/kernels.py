@@ -64,6 +64,12 @@ def _load() -> Any:
                 return False
             from torch.utils import cpp_extension
 
+            try:  # the first build takes a while: say so (a changed source rebuilds quietly)
+                folder = cpp_extension._get_build_directory("lmforge_kernels", False)
+                if not any(f.endswith(".so") for f in os.listdir(folder)):
+                    print("lmforge: building its CPU decode kernels (once, about 10-30 s)...", file=sys.stderr)
+            except Exception:
+                pass
             cpp_extension.load(name="lmforge_kernels", sources=[source], extra_cflags=["-O3", "-fopenmp"],
                                extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
         k = torch.ops.lmforge_kernels

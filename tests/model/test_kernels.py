@@ -189,3 +189,18 @@ def test_import_asks_torch_for_huge_pages_unless_the_user_chose():
             env["THP_MEM_ALLOC_ENABLE"] = given
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == expected, out.stderr
+
+
+def test_a_model_changed_in_place_decodes_as_it_is_now():
+    """The fused step keeps its decoder between calls; quantizing the same model object in place afterwards must
+    not decode with the old weights."""
+    model = lmforge_decoder("llama")
+    ids = torch.randint(3, 300, (1, 6), generator=torch.Generator().manual_seed(4))
+    before = generate(model, ids, max_new_tokens=16, ignore_eos=True)
+    assert torch.equal(before, _reference(model, ids, 16))
+    quantize(model, method="int8", progress=False)  # in place
+    after = generate(model, ids, max_new_tokens=16, ignore_eos=True)
+    assert torch.equal(after, _reference(model, ids, 16))
+    with torch.no_grad():  # new weights in place
+        model.decoder.layers[0].mlp_norm.weight.mul_(3.0)
+    assert torch.equal(generate(model, ids, max_new_tokens=16, ignore_eos=True), _reference(model, ids, 16))
