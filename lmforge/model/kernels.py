@@ -98,7 +98,9 @@ def linear_f32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     k = ops()
     if k is None:
         return None
-    y = k.linear_f32(x.contiguous(), weight if weight.is_contiguous() else weight.contiguous())
+    if not weight.is_contiguous():  # (a view: copying it every call would cost more than the kernel saves)
+        return None
+    y = k.linear_f32(x.contiguous(), weight)
     return y if y.numel() else None
 
 

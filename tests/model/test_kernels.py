@@ -72,6 +72,7 @@ def test_kernels_decline_what_they_do_not_take():
     assert kernels.linear_f32(x[:2].bfloat16(), w.bfloat16()) is None
     assert kernels.linear_f32(x[:2].requires_grad_(), w) is None
     assert kernels.linear_f32(x[:2], torch.randn(8, 63)) is None  # mismatched shapes: declined, not a crash
+    assert kernels.linear_f32(x[:2], torch.randn(64, 8).T) is None  # a transposed view: PyTorch's kernel
     with kernels.disabled():
         assert kernels.ops() is None and kernels.linear_f32(x[:2], w) is None
     assert kernels.ops() is not None
