@@ -22,6 +22,7 @@ import sys
 import time
 
 import numpy as np
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 import torch.nn.functional as F
 

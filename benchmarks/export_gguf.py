@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

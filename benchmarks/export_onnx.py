@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm

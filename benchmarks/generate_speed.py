@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 import torch.nn.functional as F
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,6 +15,7 @@ import contextlib
 import statistics
 import time
 
+import lmforge as _first  # noqa: F401  (before torch: lmforge's huge-pages setting precedes torch's first allocation)
 import torch
 
 from lmforge import ModelConfig, build_model
