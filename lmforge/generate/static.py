@@ -119,6 +119,7 @@ class StaticDecoder:
         self.compile_mode = compile_mode
         self._fused: list | None = None  # per layer: (the 32 tensors of decode_layer, its other arguments)
         if compile_mode is None and fused_ok(model, batch_size):
+            kernels.to_hugepages(model)  # (once per model: the weights the fused step streams, on huge pages)
             self._fused = [self._fused_args(block) for block in model.decoder.layers]
         elif supports(model) is not None:
             from ..errors import LmforgeError

@@ -13,13 +13,16 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 #include <immintrin.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -552,6 +555,22 @@ at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scale, const at::
   return out;
 }
 
+
+// ---- weights on transparent huge pages ------------------------------------------------------------------------
+// A copy of `t` in memory aligned to 2 MB and advised MADV_HUGEPAGE before it is touched, so the kernel backs it with
+// huge pages (in "madvise" mode too): a decoding step then streams each weight with one TLB entry per 2 MB instead
+// of one per 4 KB. An empty tensor where that is not possible.
+at::Tensor hugepage_copy(const at::Tensor& t) {
+  if (!t.device().is_cpu() || !t.is_contiguous() || t.nbytes() == 0) return at::empty({0}, t.options());
+  const size_t align = size_t(2) << 20;
+  const size_t size = (t.nbytes() + align - 1) / align * align;
+  void* p = nullptr;
+  if (posix_memalign(&p, align, size) != 0 || p == nullptr) return at::empty({0}, t.options());
+  madvise(p, size, MADV_HUGEPAGE);  // (advice only: where the kernel has THP off, the copy is an ordinary one)
+  std::memcpy(p, t.data_ptr(), t.nbytes());
+  return at::from_blob(p, t.sizes(), t.strides(), [](void* q) { std::free(q); }, t.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lmforge_kernels, m) {
@@ -560,6 +579,7 @@ TORCH_LIBRARY(lmforge_kernels, m) {
   m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", linear_int4);
   m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor", rms_norm);
   m.def("avx512() -> bool", has_avx512);
+  m.def("hugepage_copy(Tensor t) -> Tensor", hugepage_copy);
   m.def("dequant_int4(Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", dequant_int4);
   m.def("decode_layer(Tensor x, Tensor[] p, Tensor(a!) kcache, Tensor(b!) vcache, int pos, Tensor cos, Tensor sin, "
         "int n_head, int n_kv_head, float eps, bool layer_norm, bool gated, int act, float scale) -> Tensor",

@@ -138,6 +138,35 @@ def dequant_int4(qweight: torch.Tensor, scales: torch.Tensor, shifts: torch.Tens
     return w if w.numel() else None
 
 
+def to_hugepages(model: torch.nn.Module) -> None:
+    """Copy `model`'s large CPU weights (2 MB and more) onto transparent huge pages, in place and once per model (same
+    values; parameters keep their identity): decoding streams them with far fewer TLB misses. Whatever the order of
+    imports (PyTorch's own THP_MEM_ALLOC_ENABLE applies only when set before torch's first allocation)."""
+    k = ops()
+    if k is None or getattr(model, "_lmforge_hugepages", False):
+        return
+    seen: set[int] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, t in list(table.items()):
+                    if (t is None or id(t) in seen or t.device.type != "cpu" or not t.is_contiguous()
+                            or t.numel() * t.element_size() < (2 << 20)):
+                        continue
+                    seen.add(id(t))
+                    h = k.hugepage_copy(t.detach())
+                    if not h.numel():
+                        continue
+                    if isinstance(t, torch.nn.Parameter):
+                        t.data = h
+                    else:
+                        table[name] = h
+                        seen.add(id(h))
+            if hasattr(module, "_own"):  # (quantized layers: what their kernels read is taken again)
+                module._own = module._packed = None
+    model._lmforge_hugepages = True
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
     """RMSNorm over the last dimension for fp32 CPU tensors without gradients, or None."""
     if (x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu"
@@ -151,4 +180,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
 
 
 __all__ = ["MAX_ROWS", "enabled", "disabled", "ops", "linear_f32", "linear_int8", "linear_int4", "dequant_int4",
-           "rms_norm"]
+           "rms_norm", "to_hugepages"]

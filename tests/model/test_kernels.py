@@ -205,3 +205,19 @@ def test_a_model_changed_in_place_decodes_as_it_is_now():
     with torch.no_grad():  # new weights in place
         model.decoder.layers[0].mlp_norm.weight.mul_(3.0)
     assert torch.equal(generate(model, ids, max_new_tokens=16, ignore_eos=True), _reference(model, ids, 16))
+
+
+def test_weights_moved_to_huge_pages_keep_values_and_identity():
+    model = lmforge_decoder("llama")
+    big = torch.nn.Parameter(torch.randn(1024, 600))  # 2.3 MB: moved; the tiny model's own weights are below 2 MB
+    model.register_parameter("extra", big)
+    before = big.detach().clone()
+    kernels.to_hugepages(model)
+    assert model.extra is big and torch.equal(big, before) and big.data_ptr() % (2 << 20) == 0
+    ptr = big.data_ptr()
+    kernels.to_hugepages(model)  # once per model
+    assert big.data_ptr() == ptr
+    qmodel = quantize(lmforge_decoder("llama"), method="int8", progress=False)
+    qmodel.lm_head.register_buffer("qweight", torch.randint(-127, 128, (330 * 8, 1024), dtype=torch.int8)[:330 * 8])
+    kernels.to_hugepages(qmodel)  # (a buffer of 2.7 MB: replaced, and the layer's kernel tensors taken again)
+    assert qmodel.lm_head.qweight.data_ptr() % (2 << 20) == 0 and qmodel.lm_head._own is None
