@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -177,14 +178,36 @@ def test_concurrent_requests_are_batched_and_equal_sequential(server, decoder):
                 model="tiny", prompt=PROMPTS[i], max_tokens=lengths[i], temperature=0, stream=True) if ch.choices)
         return c.completions.create(model="tiny", prompt=PROMPTS[i], max_tokens=lengths[i], temperature=0).choices[0].text
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with slow_steps(sched), concurrent.futures.ThreadPoolExecutor(8) as pool:
         outs = list(pool.map(ask, range(8)))
     assert outs == refs
     assert sched.peak >= 3  # requests really shared decode steps
 
 
+@contextlib.contextmanager
+def slow_steps(sched, seconds: float = 0.02):
+    """Decode steps of at least `seconds`: the tiny model decodes so fast (lmforge's CPU kernels) that requests could
+    finish before others arrive or before the server notices a client leaving."""
+    real = sched._advance
+
+    def slow():
+        time.sleep(seconds)
+        return real()
+
+    sched._advance = slow
+    try:
+        yield
+    finally:
+        del sched._advance
+
+
 def test_disconnect_mid_stream_frees_the_batch(server):
     sched = server.app.state.served.scheduler
+    with slow_steps(sched):
+        _disconnect_mid_stream(server, sched)
+
+
+def _disconnect_mid_stream(server, sched):
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
