@@ -44,14 +44,20 @@ def _onednn_available() -> bool:
 
 
 @contextlib.contextmanager
-def fast_inference(enabled: bool = True) -> Iterator[None]:
-    """Within this block (in this thread), CPU linear layers that need no gradient run through oneDNN."""
-    before = getattr(_state, "on", False)
-    _state.on = enabled
+def thread_flag(state: threading.local, value: bool) -> Iterator[None]:
+    """`state.on` set to `value` within the block (in this thread), what it was restored after."""
+    before = getattr(state, "on", False)
+    state.on = value
     try:
         yield
     finally:
-        _state.on = before
+        state.on = before
+
+
+def fast_inference(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Within this block (in this thread), CPU linear layers that need no gradient run through lmforge's kernels or
+    oneDNN."""
+    return thread_flag(_state, enabled)
 
 
 def active() -> bool:

@@ -41,71 +41,51 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __mmask16 tail_mask(
 
 constexpr int64_t kAhead = 4096;  // bytes: how far ahead of the current weight row the prefetch runs
 
-// ---- fp32 weights -------------------------------------------------------------------------------------------
+// ---- fp32 weights, or int8 weights with one fp32 scale per row -----------------------------------------------
 // One row at a time, 64 columns per iteration in four accumulators, prefetching kAhead bytes ahead: a single
 // sequential stream per thread, which the measurements favoured over interleaving several rows.
 
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-void f32_rows(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  const int64_t K64 = K - K % 64;
-  for (int64_t n = n0; n < n1; ++n) {
-    const float* wr = w + n * K;
-    for (int64_t m = 0; m < M; ++m) {
-      const float* xm = x + m * K;
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-      for (int64_t k = 0; k < K64; k += 64) {
-        if (m == 0) {
-          const char* p = reinterpret_cast<const char*>(wr + k) + kAhead;
-          _mm_prefetch(p, _MM_HINT_T0);
-          _mm_prefetch(p + 64, _MM_HINT_T0);
-          _mm_prefetch(p + 128, _MM_HINT_T0);
-          _mm_prefetch(p + 192, _MM_HINT_T0);
-        }
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(xm + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(xm + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 32), _mm512_loadu_ps(xm + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 48), _mm512_loadu_ps(xm + k + 48), a3);
-      }
-      for (int64_t k = K64; k < K; k += 16) {
-        __mmask16 mk = tail_mask(K - k);
-        a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, wr + k), _mm512_maskz_loadu_ps(mk, xm + k), a0);
-      }
-      y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    }
-  }
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(__mmask16 mk, const float* p) {
+  return _mm512_maskz_loadu_ps(mk, p);
 }
 
-// ---- int8 weights, one fp32 scale per row -------------------------------------------------------------------
-
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_i8(const int8_t* p) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_i8(__mmask16 mk, const int8_t* p) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(__mmask16 mk, const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, p)));
 }
 
+// y[m, n] = sum_k x[m, k] w[n, k] (times scale[n] when given) for rows n0..n1 of w
+template <typename W>
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-void i8_rows(const float* x, const int8_t* w, const float* scale, float* y, int64_t M, int64_t K, int64_t N,
-             int64_t n0, int64_t n1) {
+void dense_rows(const float* x, const W* w, const float* scale, float* y, int64_t M, int64_t K, int64_t N,
+                int64_t n0, int64_t n1) {
   const int64_t K64 = K - K % 64;
   for (int64_t n = n0; n < n1; ++n) {
-    const int8_t* wr = w + n * K;
+    const W* wr = w + n * K;
     for (int64_t m = 0; m < M; ++m) {
       const float* xm = x + m * K;
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
       for (int64_t k = 0; k < K64; k += 64) {
-        if (m == 0) _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kAhead, _MM_HINT_T0);
-        a0 = _mm512_fmadd_ps(load_i8(wr + k), _mm512_loadu_ps(xm + k), a0);
-        a1 = _mm512_fmadd_ps(load_i8(wr + k + 16), _mm512_loadu_ps(xm + k + 16), a1);
-        a2 = _mm512_fmadd_ps(load_i8(wr + k + 32), _mm512_loadu_ps(xm + k + 32), a2);
-        a3 = _mm512_fmadd_ps(load_i8(wr + k + 48), _mm512_loadu_ps(xm + k + 48), a3);
+        if (m == 0) {  // the cache lines of the 64 weights kAhead bytes on (one for int8, four for fp32)
+          const char* p = reinterpret_cast<const char*>(wr + k) + kAhead;
+          for (int64_t line = 0; line < 64 * int64_t(sizeof(W)); line += 64) _mm_prefetch(p + line, _MM_HINT_T0);
+        }
+        a0 = _mm512_fmadd_ps(load16(wr + k), _mm512_loadu_ps(xm + k), a0);
+        a1 = _mm512_fmadd_ps(load16(wr + k + 16), _mm512_loadu_ps(xm + k + 16), a1);
+        a2 = _mm512_fmadd_ps(load16(wr + k + 32), _mm512_loadu_ps(xm + k + 32), a2);
+        a3 = _mm512_fmadd_ps(load16(wr + k + 48), _mm512_loadu_ps(xm + k + 48), a3);
       }
       for (int64_t k = K64; k < K; k += 16) {
         __mmask16 mk = tail_mask(K - k);
-        a0 = _mm512_fmadd_ps(load_i8(mk, wr + k), _mm512_maskz_loadu_ps(mk, xm + k), a0);
+        a0 = _mm512_fmadd_ps(load16(mk, wr + k), _mm512_maskz_loadu_ps(mk, xm + k), a0);
       }
-      y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))) * scale[n];
+      const float dot = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+      y[m * N + n] = scale ? dot * scale[n] : dot;
     }
   }
 }
@@ -186,17 +166,20 @@ at::Tensor none_like(const at::Tensor& x) { return at::empty({0}, x.options()); 
 // rows of output per task: enough bytes that a thread's share is worth starting it for
 int64_t grain(int64_t bytes_per_row) { return std::max<int64_t>(4, (int64_t(1) << 17) / std::max<int64_t>(1, bytes_per_row)); }
 
+// fp32 or int8 weights (N, K) times x (M, K), the threads splitting the rows
+template <typename W>
+void dense_run(const float* x, const W* w, const float* scale, float* y, int64_t M, int64_t K, int64_t N) {
+  at::parallel_for(0, N, grain(int64_t(sizeof(W)) * K), [&](int64_t b, int64_t e) {
+    dense_rows(x, w, scale, y, M, K, N, b, e);
+  });
+}
+
 at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& w) {
   if (!(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu() && usable(x, w.size(1))))
     return none_like(x);
   const int64_t M = x.size(0), K = w.size(1), N = w.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, grain(4 * K), [&](int64_t b, int64_t e) {
-    f32_rows(xp, wp, yp, M, K, N, b, e);
-  });
+  dense_run(x.data_ptr<float>(), w.data_ptr<float>(), nullptr, y.data_ptr<float>(), M, K, N);
   return y;
 }
 
@@ -207,13 +190,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     return none_like(x);
   const int64_t M = x.size(0), K = w.size(1), N = w.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, grain(K), [&](int64_t b, int64_t e) {
-    i8_rows(xp, wp, sp, yp, M, K, N, b, e);
-  });
+  dense_run(x.data_ptr<float>(), w.data_ptr<int8_t>(), scale.data_ptr<float>(), y.data_ptr<float>(), M, K, N);
   return y;
 }
 
@@ -342,11 +319,9 @@ Proj make_proj(const std::vector<at::Tensor>& p, size_t i, int64_t K) {
 void run_proj(const Proj& P, const float* x, float* y, int64_t M) {
   const int64_t N = P.N, K = P.K;
   if (P.kind == 0) {
-    const float* w = static_cast<const float*>(P.w);
-    at::parallel_for(0, N, grain(4 * K), [&](int64_t b, int64_t e) { f32_rows(x, w, y, M, K, N, b, e); });
+    dense_run(x, static_cast<const float*>(P.w), nullptr, y, M, K, N);
   } else if (P.kind == 1) {
-    const int8_t* w = static_cast<const int8_t*>(P.w);
-    at::parallel_for(0, N, grain(K), [&](int64_t b, int64_t e) { i8_rows(x, w, P.scale, y, M, K, N, b, e); });
+    dense_run(x, static_cast<const int8_t*>(P.w), P.scale, y, M, K, N);
   } else {
     int4_run(x, static_cast<const uint8_t*>(P.w), P.scale, P.shift, y, M, K, N, P.G);
   }

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError, choices
 from . import kernels
-from .fast import Linear
+from .fast import Linear, thread_flag
 
 KINDS = ("int8", "int4", "dynamic-int8")
 GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
@@ -54,17 +54,11 @@ _int_mm_ok: bool | None = None
 _exact = threading.local()
 
 
-@contextlib.contextmanager
-def exact_forward() -> Iterator[None]:
+def exact_forward() -> contextlib.AbstractContextManager[None]:
     """Within this block (in this thread), quantized layers multiply by their dequantized weight in the input's own
     dtype (fp32: no bf16 rounding of weights or activations): what GPTQ propagates its calibration activations
     through, so its choices do not depend on which CPU kernel a machine has."""
-    before = getattr(_exact, "on", False)
-    _exact.on = True
-    try:
-        yield
-    finally:
-        _exact.on = before
+    return thread_flag(_exact, True)
 
 
 # ---- round to nearest ---------------------------------------------------------------------------------
