@@ -26,8 +26,18 @@ _ops: Any = None  # None: not tried yet; False: unavailable here; else torch.ops
 _off = 0  # > 0 inside `disabled()`
 
 
+_ON, _OFF = ("1", "on", "true", "yes", ""), ("0", "off", "false", "no")
+
+
 def enabled() -> bool:
-    return os.environ.get("LMFORGE_KERNELS", "1").strip().lower() not in ("0", "off", "false", "no")
+    """LMFORGE_KERNELS: 1 | on | true | yes (the default) or 0 | off | false | no; anything else is said once on
+    stderr and counts as on."""
+    value = os.environ.get("LMFORGE_KERNELS", "1").strip().lower()
+    if value not in _ON + _OFF and not getattr(enabled, "warned", False):
+        enabled.warned = True  # type: ignore[attr-defined]
+        print(f"lmforge: LMFORGE_KERNELS={value!r} is not one of {', '.join(_ON[:-1] + _OFF)}; the kernels stay on",
+              file=sys.stderr)
+    return value not in _OFF
 
 
 @contextlib.contextmanager

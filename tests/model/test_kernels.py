@@ -182,6 +182,14 @@ def test_int4_dequantized_to_bf16_by_the_kernel_equals_pytorch(group):
     assert rel(y, x.bfloat16().double() @ w.double().T) < 1e-2  # (bf16 activations in this path)
 
 
+def test_an_unknown_lmforge_kernels_value_is_named_once():
+    code = "from lmforge.model import kernels; print(kernels.enabled(), kernels.enabled())"
+    env = dict(os.environ, LMFORGE_KERNELS="banana")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True True"
+    assert out.stderr.count("LMFORGE_KERNELS='banana' is not one of") == 1 and "0, off" in out.stderr
+
+
 def test_import_asks_torch_for_huge_pages_unless_the_user_chose():
     code = "import os, lmforge; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
     for given, expected in ((None, "1"), ("0", "0")):
