@@ -1,7 +1,7 @@
 """ONNX export and the ONNX Runtime runtime (lmforge.export.onnx): the real exporter, the real ONNX Runtime.
 
 Parity with PyTorch within 1e-4 (fp32) for decoders with a cache (GPT-2 and Llama shapes, GQA: a padded prefill
-of 3 rows, then 8 cached steps), the empty past at batch 1 with one token, an encoder classifier and tagger, an
+of 3 rows, then 8 cached steps), in ONNX Runtime's fused graph (the default) and the portable one, the empty past at batch 1 with one token, an encoder classifier and tagger, an
 encoder-decoder; generation through ONNX Runtime token-identical to PyTorch (greedy, sampling, beams); int8; the
 commands and their errors.
 """
@@ -35,13 +35,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory):
     """GPT-2-shaped (learned positions, LayerNorm, GELU, tied) and Llama-shaped (RoPE, RMSNorm, SwiGLU, GQA 4:2)
-    models, exported: GPT through the command (from a saved checkpoint), Llama through the API."""
+    models, exported: GPT through the command (from a saved checkpoint), Llama through the API; both as ONNX
+    Runtime's fused graph (the default), Llama also as the portable graph (torch.onnx.export)."""
     root = tmp_path_factory.mktemp("onnx")
     gpt, llama = lmforge_decoder("gpt"), lmforge_decoder("llama")
     lmforge.save(gpt, root / "gpt-ckpt")
     assert main(["export", "onnx", str(root / "gpt-ckpt"), "--out", str(root / "gpt.onnx")]) == 0
-    export_onnx(llama, root / "llama.onnx")
-    return {"gpt": (gpt, root / "gpt.onnx"), "llama": (llama, root / "llama.onnx"), "root": root}
+    assert export_onnx(llama, root / "llama.onnx").graph == "ort"
+    assert export_onnx(llama, root / "llama-portable.onnx", graph="portable").graph == "portable"
+    return {"gpt": (gpt, root / "gpt.onnx"), "llama": (llama, root / "llama.onnx"),
+            "llama-portable": (llama, root / "llama-portable.onnx"), "root": root}
 
 
 def _runner_diffs(model, onnx_model, prompts, steps=8, **kw):
@@ -56,7 +59,7 @@ def _runner_diffs(model, onnx_model, prompts, steps=8, **kw):
     return diffs, float(a.abs().max())
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "llama-portable"])
 def test_decoder_logits_equal_pytorch_prefill_then_8_cached_steps(decoders, kind):
     model, folder = decoders[kind]
     onnx_model = lmforge.load(folder)
@@ -88,7 +91,7 @@ def test_empty_past_one_row_one_token(decoders, kind):
     assert float((a - b).abs().max()) < TOL and ocache.length == 2
 
 
-@pytest.mark.parametrize("kind", ["gpt", "llama"])
+@pytest.mark.parametrize("kind", ["gpt", "llama", "llama-portable"])
 def test_generation_through_onnx_runtime_is_token_identical(decoders, kind):
     model, folder = decoders[kind]
     onnx_model = lmforge.load(folder)
@@ -101,6 +104,40 @@ def test_generation_through_onnx_runtime_is_token_identical(decoders, kind):
         flat = lambda rs: [r for g in rs for r in (g if isinstance(g, list) else [g])]  # noqa: E731
         assert [r.token_ids for r in flat(got)] == [r.token_ids for r in flat(want)], kw
         assert [r.text for r in flat(got)] == [r.text for r in flat(want)]
+
+
+def test_fused_graph_is_a_few_ops_per_layer_and_the_portable_one_standard_onnx(decoders):
+    ops = {}
+    for kind in ("gpt", "llama", "llama-portable"):
+        graph = onnx.load(str(decoders[kind][1] / "decoder.onnx"), load_external_data=False).graph
+        ops[kind] = [(n.domain, n.op_type) for n in graph.node]
+    for kind in ("gpt", "llama"):  # 2 layers: GroupQueryAttention each, <= 10 nodes a layer + ~22 once
+        assert ops[kind].count(("com.microsoft", "GroupQueryAttention")) == 2
+        assert len(ops[kind]) <= 2 * 10 + 24, ops[kind]
+    assert ("com.microsoft", "SkipSimplifiedLayerNormalization") in ops["llama"]
+    assert ("com.microsoft", "SkipLayerNormalization") in ops["gpt"]
+    assert all(domain in ("", "ai.onnx") for domain, _ in ops["llama-portable"])
+    assert len(ops["llama-portable"]) > 3 * len(ops["llama"])
+
+
+def test_graph_choice_falls_back_or_says_why(tmp_path):
+    """A head size ONNX Runtime's GroupQueryAttention cannot take (8): auto writes the portable graph; --graph ort
+    refuses in one line naming the reason and the way out."""
+    tok = lmforge_decoder("gpt").tokenizer
+    config = lmforge.ModelConfig(arch="decoder", vocab_size=tok.vocab_size, context_length=32, d_model=32, n_layer=1,
+                                 n_head=4, norm="rmsnorm", activation="swiglu", pos="rope", bias=False, init_std=0.3)
+    model = lmforge.build_model(config).eval()
+    with pytest.raises(ConfigError, match="head size 8 is not a multiple of 16.*--graph portable"):
+        export_onnx(model, tmp_path / "ort", graph="ort")
+    assert not (tmp_path / "ort").exists()
+    done = export_onnx(model, tmp_path / "auto")
+    assert done.graph == "portable" and lmforge.load(tmp_path / "auto").info["graph"] == "portable"
+    onnx_model = lmforge.load(tmp_path / "auto")
+    ids = torch.randint(5, tok.vocab_size, (2, 6))
+    with torch.inference_mode():
+        a = model.last_logits(model.decode(ids))
+        b = onnx_model.last_logits(onnx_model.decode(ids, cache=onnx_model.new_cache(2)))
+    assert float((a - b).abs().max()) < TOL
 
 
 def test_generate_command_runtime_onnx(decoders, capsys):
@@ -229,6 +266,8 @@ def test_bad_input_is_one_line_with_status_2(decoders, tmp_path, capsys):
         (["export", "onnx", str(root / "gpt-ckpt"), "--out", str(root / "gpt.onnx")], "--overwrite"),
         (["export", "onnx", str(root / "gpt-ckpt"), "--out", str(tmp_path / "y"), "--quantize", "int4"], "int8"),
         (["export", "onnx", str(root / "gpt-ckpt"), "--out", str(tmp_path / "y"), "--opset", "9"], "18 .. 23"),
+        (["export", "onnx", str(root / "gpt-ckpt"), "--out", str(tmp_path / "y"), "--opset", "20", "--graph", "ort"],
+         "--graph portable"),
         (["export", "onnx", str(root / "gpt.onnx"), "--out", str(tmp_path / "y")], "already an ONNX export"),
         (["generate", str(root / "gpt-ckpt"), "hi", "--runtime", "onnx"], "lmforge export onnx"),
         (["generate", str(root / "gpt.onnx"), "hi", "--runtime", "torch"], "no PyTorch weights"),

@@ -29,6 +29,7 @@ from ...errors import CheckpointError, ConfigError, LmforgeError
 from ...tokenizer import Tokenizer
 from .quantize import METHODS
 
+GRAPHS = ("auto", "ort", "portable")
 KEY = "lmforge_onnx"
 FORMAT = 1
 
@@ -42,6 +43,7 @@ class OnnxExport:
     graphs: dict[str, str]
     opset: int
     quantize: str | None
+    graph: str = "portable"  # ort | portable (see export_onnx)
     files: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     seconds: float = 0.0
 
@@ -89,7 +91,12 @@ def require(modules=REQUIRES) -> None:
                           "pip install 'lmforge[onnx]'")
 
 
-def check_options(quantize: str | None, opset: int | None) -> None:
+def check_options(quantize: str | None, opset: int | None, graph: str = "auto") -> None:
+    if graph not in GRAPHS:
+        raise ConfigError(f"--graph {graph!r} is not a kind of graph; use {' | '.join(GRAPHS)}")
+    if graph == "ort" and opset is not None:
+        raise ConfigError(f"--opset {opset} applies to the portable graph; the ONNX Runtime graph (--graph ort) is "
+                          "written at its own opset: leave --opset out, or add --graph portable")
     if quantize is not None and quantize not in METHODS:
         raise ConfigError(f"--quantize {quantize!r} is not a method; use {' | '.join(METHODS)} (or leave it out for "
                           "fp32)")
@@ -100,9 +107,12 @@ def check_options(quantize: str | None, opset: int | None) -> None:
 
 def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, opset: int | None = None,
                 tokenizer: Tokenizer | None = None, overwrite: bool = False, source: str | None = None,
-                run_info: dict | None = None) -> OnnxExport:
+                run_info: dict | None = None, graph: str = "auto") -> OnnxExport:
     """Export `model` (a `Transformer`) to the folder `out` (see the module doc), fp32 or quantized
-    (quantize="int8" | "int8-dynamic"), with the exporter's default opset or `opset`. An existing export at `out` is
+    (quantize="int8" | "int8-dynamic"). A decoder LM is written by default (graph="auto") as ONNX Runtime's fused
+    graph (`ortgraph`: GroupQueryAttention, skip-norms, packed projections) where that applies and as
+    `torch.onnx.export`'s portable graph otherwise; graph="ort" insists on the first, graph="portable" (or an explicit
+    `opset`) asks for the second. Encoders and encoder-decoders are always portable. An existing export at `out` is
     replaced only with overwrite=True, anything else never. `run_info` (the run.json of the fine-tuning run the model
     comes from) is kept beside the graphs, so `lmforge predict` on the folder reads the run's columns and lengths."""
     from ...model import Transformer
@@ -112,12 +122,15 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
                           "quantize it: --quantize int8)")
     if not isinstance(model, Transformer):
         raise ConfigError(f"export_onnx needs an lmforge model (lmforge.load gives one); got {type(model).__name__}")
-    check_options(quantize, opset)
+    check_options(quantize, opset, graph)
     require()
     if model.config.quant:
         raise ConfigError("this model's layers were quantized by `lmforge quantize` (int8/int4 kernels ONNX cannot "
                           "express); export the unquantized checkpoint and add --quantize int8")
     kind = _kind(model.config)
+    if graph == "ort" and kind != "decoder":
+        raise ConfigError(f"--graph ort writes decoder-only language models; this is a {kind} model: leave --graph out "
+                          "(or use --graph portable)")
     out = lio.check_output(out, what="an ONNX export", overwrite=overwrite, ours=is_onnx_export)
     t0 = time.perf_counter()
     if model.config.lora:
@@ -134,14 +147,14 @@ def export_onnx(model, out: str | os.PathLike, *, quantize: str | None = None, o
     model.eval()
     try:
         with lio.atomic_dir(out) as tmp:
-            graphs, info = _write_graphs(model, kind, tmp, opset, quantize)
+            graphs, info = _write_graphs(model, kind, tmp, opset, quantize, graph)
             info = {"format": FORMAT, "kind": kind, "graphs": graphs, "opset": _opset(tmp / next(iter(graphs.values()))),
                     "quantize": quantize, "source": source, "parameters": model.num_parameters(), **info}
             write_checkpoint(tmp, model, tokenizer, extra={KEY: info}, weights=False, run=run_info)
     finally:
         model.train(was)
     files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}
-    return OnnxExport(Path(out), kind, graphs, info["opset"], quantize, files, time.perf_counter() - t0)
+    return OnnxExport(Path(out), kind, graphs, info["opset"], quantize, info["graph"], files, time.perf_counter() - t0)
 
 
 def quantize_export(src: str | os.PathLike, out: str | os.PathLike, quantize: str = "int8", *,
@@ -173,17 +186,38 @@ def quantize_export(src: str | os.PathLike, out: str | os.PathLike, quantize: st
                 shutil.copy2(extra, tmp / extra.name)
         lio.write_json(tmp / CONFIG, {**data, KEY: {**info, "quantize": quantize}})
     files = {f.name: f.stat().st_size for f in sorted(Path(out).iterdir()) if f.is_file()}
-    return OnnxExport(Path(out), info["kind"], info["graphs"], info["opset"], quantize, files, time.perf_counter() - t0)
+    return OnnxExport(Path(out), info["kind"], info["graphs"], info["opset"], quantize, info.get("graph", "portable"),
+                      files, time.perf_counter() - t0)
 
 
-def _write_graphs(model, kind: str, folder: Path, opset: int | None, quantize: str | None):
+def choose_graph(model, kind: str, opset: int | None, graph: str) -> str:
+    """"ort" or "portable" for `export_onnx`'s `graph` option (see there)."""
+    from .ortgraph import why_not
+
+    if kind != "decoder" or graph == "portable" or (graph == "auto" and opset is not None):
+        return "portable"
+    reason = why_not(model)
+    if reason is None:
+        return "ort"
+    if graph == "ort":
+        raise ConfigError(f"the ONNX Runtime graph (--graph ort) cannot express this model: {reason}; use --graph "
+                          "portable")
+    return "portable"
+
+
+def _write_graphs(model, kind: str, folder: Path, opset: int | None, quantize: str | None, graph: str = "auto"):
     from . import graphs as G
 
     names = {"decoder": {"decoder": "decoder.onnx"}, "seq2seq": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
              "head": {"model": "model.onnx"}}[kind]
     target = folder / "fp32" if quantize else folder
     target.mkdir(exist_ok=True)
-    if kind == "decoder":
+    chosen = choose_graph(model, kind, opset, graph)
+    if chosen == "ort":
+        from .ortgraph import write_decoder
+
+        info = write_decoder(model, target / names["decoder"])
+    elif kind == "decoder":
         info = G.export_decoder(model, target / names["decoder"], opset)
     elif kind == "seq2seq":
         info = G.export_seq2seq(model, target / names["encoder"], target / names["decoder"], opset)
@@ -195,7 +229,7 @@ def _write_graphs(model, kind: str, folder: Path, opset: int | None, quantize: s
         for name in names.values():
             quantize_graph(target / name, folder / name, quantize)
         shutil.rmtree(target)
-    return names, {k: v for k, v in info.items() if k == "layers"}
+    return names, {"graph": chosen, **{k: v for k, v in info.items() if k == "layers"}}
 
 
 def load_onnx(folder: str | os.PathLike, *, threads: int | None = None, optimization: str = "all"):
@@ -229,7 +263,7 @@ def load_onnx(folder: str | os.PathLike, *, threads: int | None = None, optimiza
 
 def onnx_summary(done: OnnxExport) -> str:
     files = ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in done.files.items() if n.endswith((".onnx", ".data")))
-    return (f"exported {done.kind} ({', '.join(done.graphs.values())}, opset {done.opset}, "
+    return (f"exported {done.kind} ({', '.join(done.graphs.values())}, {done.graph} graph, opset {done.opset}, "
             f"{done.quantize or 'fp32'}) -> {done.path}: {done.bytes / 1e6:.1f} MB ({files}), {done.seconds:.1f} s")
 
 

@@ -72,7 +72,8 @@ def _quantize(src: Path, dst: Path, method: str) -> None:
     if method == "int8-dynamic":
         quantize_dynamic(model, str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, use_external_data_format=True,
-                         extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": True,  # ONNX's shape inference cannot type the
+                                        "DefaultTensorType": onnx.TensorProto.FLOAT})  # outputs of ORT's fused ops
         return
     config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
     q = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4, algo_config=config)
