@@ -10,8 +10,10 @@ activation scale per call):
 
 Speed, through the same engine (`generate.engine.Runner`, greedy), --threads threads for both torch and ONNX Runtime:
 decode tokens/s = rows x steps / time of the steps after the prefill (--prompt-tokens prompt, --new-tokens steps) at
-batch 1 and 8; time to first token = the prefill of a --ttft-tokens prompt at batch 1. Best of --repeats (the 2 cores
-are shared: noise only adds time). Size on disk of each export. Quality (SmolLM2): KL(PyTorch fp32 || runtime) in
+batch 1 and 8; time to first token = the prefill of a --ttft-tokens prompt at batch 1. Every runtime is loaded first
+and they are timed in turns, best of --repeats each (the 2 cores are shared: noise only adds time, and a host that
+changes speed during the run slows every runtime alike). --graph portable measures torch.onnx.export's graph instead
+of ONNX Runtime's fused one. Size on disk of each export. Quality (SmolLM2): KL(PyTorch fp32 || runtime) in
 nats/token, mean and p99, top-1 agreement and NLL on WikiText-2 valid (--windows windows of --window tokens),
 teacher-forced: PyTorch's full forward against the exported graph fed one token at a time through its KV cache
 (`OnnxModel.token_logits`), so the graph that ships is the graph measured.
@@ -61,18 +63,72 @@ def timed_loop(model, prompts: list[list[int]], new: int) -> tuple[float, float]
     return t1 - t0, (t2 - t1) / max(new - 1, 1)
 
 
-def speed(model, args, vocab: int) -> dict:
+def speeds(models: dict, args, vocab: int) -> dict[str, dict]:
+    """Decode tokens/s at batch 1 and 8 and time to first token of every runtime in `models`, measured in turns
+    (each repeat times every runtime once, best of --repeats each), so a change in the shared host's speed during
+    the run reaches every runtime alike."""
     g = torch.Generator().manual_seed(1)
-    out = {}
+    out = {name: {} for name in models}
     for batch in (1, 8):
         prompts = [torch.randint(3, vocab, (args.prompt_tokens,), generator=g).tolist() for _ in range(batch)]
-        timed_loop(model, prompts, 4)  # warm-up
-        step = min(timed_loop(model, prompts, args.new_tokens)[1] for _ in range(args.repeats))
-        out[f"decode_tps_b{batch}"] = batch / step
+        for model in models.values():
+            timed_loop(model, prompts, 4)  # warm-up
+        best = {name: float("inf") for name in models}
+        for _ in range(args.repeats):
+            for name, model in models.items():
+                best[name] = min(best[name], timed_loop(model, prompts, args.new_tokens)[1])
+        for name in models:
+            out[name][f"decode_tps_b{batch}"] = batch / best[name]
     long = [torch.randint(3, vocab, (args.ttft_tokens,), generator=g).tolist()]
-    timed_loop(model, long, 1)
-    out["ttft_s"] = min(timed_loop(model, long, 1)[0] for _ in range(args.repeats))
+    best = {name: float("inf") for name in models}
+    for model in models.values():
+        timed_loop(model, long, 1)
+    for _ in range(args.repeats):
+        for name, model in models.items():
+            best[name] = min(best[name], timed_loop(model, long, 1)[0])
+    for name in models:
+        out[name]["ttft_s"] = best[name]
     return out
+
+
+def products_floor(folder: Path, threads: int, repeats: int) -> float:
+    """Seconds of ONNX Runtime running only the matrix products of one decode step of the fp32 graph in `folder`
+    (every MatMul with a constant weight, each fed a (1, K) input; no attention, norms or anything between): the
+    fastest a batch-1 step of that graph could be with ONNX Runtime's own fp32 kernels."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from lmforge.export.onnx.quantize import fold_transposed_weights
+
+    model = onnx.load(str(folder / "decoder.onnx"))
+    fold_transposed_weights(model)  # the tied output layer: Transpose(embedding) -> a constant
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, keep, widths = [], [], set()
+    for n in model.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in inits:
+            k = inits[n.input[1]].dims[0]
+            widths.add(k)
+            nodes.append(helper.make_node("MatMul", [f"x{k}", n.input[1]], [f"y{len(nodes)}"]))
+            keep.append(inits[n.input[1]])
+    graph = helper.make_graph(nodes, "products", [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k])
+                                                  for k in sorted(widths)],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None) for n in nodes], keep)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                                   .SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {f"x{k}": np.random.default_rng(0).standard_normal((1, k), dtype=np.float32) for k in widths}
+    for _ in range(5):
+        session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(20):
+            session.run(None, feeds)
+        best = min(best, (time.perf_counter() - t0) / 20)
+    return best
 
 
 def kl_stats(reference: list[torch.Tensor], other: list[torch.Tensor], windows: list[list[int]]) -> dict:
@@ -92,31 +148,35 @@ def run_model(key: str, model, label: str, windows, args, files: Path) -> dict:
 
     print(f"== {key}: {label}, {model.num_parameters() / 1e6:.1f}M parameters", flush=True)
     torch.set_num_threads(args.threads)
-    res = {"label": label, "parameters": model.num_parameters(), "runtimes": {}}
-    res["runtimes"]["pytorch"] = row = speed(model, args, model.config.vocab_size)
-    print(f"   PyTorch fp32: {json.dumps({k: round(v, 3) for k, v in row.items()})}", flush=True)
-    reference = None
-    if windows:
-        with torch.inference_mode():
-            reference = [model(torch.tensor([w]))[0].float() for w in windows]
-            res["runtimes"]["pytorch"]["nll"] = kl_stats(reference, reference, windows)["nll"]
+    res = {"label": label, "parameters": model.num_parameters(), "runtimes": {"pytorch": {}}}
+    runtimes = {"pytorch": model}
     for variant in VARIANTS:
         name = f"onnx-{variant or 'fp32'}"
         folder = files / f"{key}.{name}"
         if variant is None:
-            done = export_onnx(model, folder, overwrite=True)
+            done = export_onnx(model, folder, overwrite=True, graph=args.graph)
         else:  # the fp32 graphs quantized (what `lmforge export onnx FP32_DIR --quantize ...` does)
             done = quantize_export(files / f"{key}.onnx-fp32", folder, variant, overwrite=True)
-        onnx_model = load_onnx(folder, threads=args.threads)
-        row = {"mb": done.bytes / 1e6, "export_s": done.seconds}
-        row.update(speed(onnx_model, args, model.config.vocab_size))
-        if windows:
+        runtimes[name] = load_onnx(folder, threads=args.threads)
+        res["runtimes"][name] = {"mb": done.bytes / 1e6, "export_s": done.seconds, "graph": done.graph}
+        print(f"   exported {name} ({done.graph} graph) in {done.seconds:.1f} s", flush=True)
+    for name, row in speeds(runtimes, args, model.config.vocab_size).items():
+        res["runtimes"][name].update(row)
+    res["products_floor_s"] = floor = products_floor(files / f"{key}.onnx-fp32", args.threads, args.repeats)
+    print(f"   ONNX Runtime fp32, the step's matrix products alone: {floor * 1000:.2f} ms = at most "
+          f"{1 / floor:.1f} tok/s at batch 1", flush=True)
+    if windows:
+        with torch.inference_mode():
+            reference = [model(torch.tensor([w]))[0].float() for w in windows]
+        res["runtimes"]["pytorch"]["nll"] = kl_stats(reference, reference, windows)["nll"]
+        for name, onnx_model in list(runtimes.items())[1:]:
             with torch.inference_mode():
                 got = [onnx_model.token_logits(w) for w in tqdm(windows, desc=f"{name} KL", leave=False)]
-            row.update(kl_stats(reference, got, windows))
-        res["runtimes"][name] = row
-        print(f"   {name}: {json.dumps({k: round(v, 5) for k, v in row.items()})}", flush=True)
-        del onnx_model
+            res["runtimes"][name].update(kl_stats(reference, got, windows))
+    for name, row in res["runtimes"].items():
+        print(f"   {name}: {json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})}",
+              flush=True)
+    del runtimes
     if not args.keep:
         for variant in VARIANTS:
             shutil.rmtree(files / f"{key}.onnx-{variant or 'fp32'}")
@@ -140,6 +200,10 @@ def table(r: dict, args) -> str:
             cells += ["0" if name == "pytorch" else f"{row['kl_mean']:.4f} ({row['kl_p99']:.3f})",
                       "1" if name == "pytorch" else f"{row['top1']:.3f}", f"{row['nll']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    floor = r.get("products_floor_s")
+    if floor:
+        lines += ["", f"ONNX Runtime fp32 running only the step's matrix products: {floor * 1000:.2f} ms, at most "
+                      f"{1 / floor:.1f} tok/s at batch 1 = {1 / floor / py['decode_tps_b1']:.2f}x the PyTorch path"]
     return "\n".join(lines)
 
 
@@ -154,6 +218,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--keep", action="store_true", help="keep the exported folders")
+    ap.add_argument("--graph", default="auto", choices=["auto", "ort", "portable"], help="export_onnx's graph")
     ap.add_argument("--smoke", action="store_true", help="2-layer GPT-2 shape only, few tokens: checks the script")
     args = ap.parse_args()
     import lmforge

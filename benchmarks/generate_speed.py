@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import os
 import sys
+import shutil
 import tempfile
 import time
 
@@ -274,7 +275,7 @@ def run_smollm2(repeats: int, threads: int, new: int = 64, prompt_len: int = 32,
                                                        min_new_tokens=new, do_sample=False, pad_token_id=0)
         except Exception as e:  # (a transformers without GGUF support)
             results["transformers_error"] = str(e).splitlines()[0][:120]
-        llama = None
+        llama, tmp = None, None
         try:
             from lmforge.convert.gguf import to_gguf
             from lmforge.convert.gguf.llamacpp import llamacpp_available, llamacpp_decode_speed
@@ -295,6 +296,8 @@ def run_smollm2(repeats: int, threads: int, new: int = 64, prompt_len: int = 32,
                 best[k] = min(best[k], timed(fn))
             if llama is not None:
                 best_llama = min(best_llama, llamacpp_decode_speed(llama, ids[0].tolist(), new, n_threads=threads)[1])
+        if tmp is not None:  # the 540 MB F32 file
+            shutil.rmtree(tmp, ignore_errors=True)
     results["tok_s"] = {k: new / v for k, v in best.items()}
     if llama is not None:
         results["tok_s"]["llama.cpp F32"] = new / best_llama

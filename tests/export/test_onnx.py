@@ -91,6 +91,24 @@ def test_empty_past_one_row_one_token(decoders, kind):
     assert float((a - b).abs().max()) < TOL and ocache.length == 2
 
 
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_shared_cache_buffers_grow_past_the_length_asked_for(decoders, kind):
+    """The fused graph's cache, written in place in buffers of the length the engine asks for (2 here), keeps its
+    positions when a call needs more (a prompt of 3, then single tokens) and equals PyTorch."""
+    model, folder = decoders[kind]
+    onnx_model = lmforge.load(folder)
+    cache, ocache = KVCache.for_model(model, 2, 16), onnx_model.new_cache(2, 2)
+    assert ocache.shared
+    ids = torch.tensor([[7, 8, 9], [10, 11, 12]])
+    with torch.inference_mode():
+        for step in range(6):
+            a = model.last_logits(model.decode(ids, cache=cache))
+            b = onnx_model.last_logits(onnx_model.decode(ids, cache=ocache))
+            assert float((a - b).abs().max()) < TOL, step
+            ids = a.argmax(-1, keepdim=True)
+    assert ocache.length == 8 and ocache.max_len >= 8
+
+
 @pytest.mark.parametrize("kind", ["gpt", "llama", "llama-portable"])
 def test_generation_through_onnx_runtime_is_token_identical(decoders, kind):
     model, folder = decoders[kind]
