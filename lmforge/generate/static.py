@@ -120,7 +120,7 @@ class StaticDecoder:
         self._fused: list | None = None  # per layer: (the 32 tensors of decode_layer, its other arguments)
         if compile_mode is None and fused_ok(model, batch_size):
             kernels.to_hugepages(model)  # (once per model: the weights the fused step streams, on huge pages)
-            self._fused = [self._fused_args(block) for block in model.decoder.layers]
+            self._fused = [layer_args(model, block) for block in model.decoder.layers]
         elif supports(model) is not None:
             from ..errors import LmforgeError
 
@@ -144,7 +144,7 @@ class StaticDecoder:
             kept = _KEPT[key] = cls(model, batch_size, max_len, compile_mode)
         elif compile_mode is None:  # the model may have changed in place since (quantized, pruned, new weights):
             # the fused path's tensors are taken again (references, no copies)
-            kept._fused = ([kept._fused_args(block) for block in model.decoder.layers]
+            kept._fused = ([layer_args(model, block) for block in model.decoder.layers]
                            if fused_ok(model, batch_size) else None)
         kept.length = 0
         return kept
@@ -195,58 +195,12 @@ class StaticDecoder:
         self.length += 1
         return logits
 
-    def _fused_args(self, block) -> tuple[list[torch.Tensor], tuple]:
-        empty = torch.empty(0)
-
-        def proj(m):
-            if isinstance(m, (Int8Linear, Int4Linear)):
-                w, s, h = m.kernel_tensors()
-            else:
-                w, s, h = m.weight.detach().contiguous(), empty, empty
-            bias = m.bias.detach().float().contiguous() if m.bias is not None else empty
-            return [w, s, h, bias]
-
-        def norm(n):
-            w = n.weight.detach().contiguous() if n.weight is not None else empty
-            b = n.bias.detach().contiguous() if getattr(n, "bias", None) is not None else empty
-            return [w, b]
-
-        attn, mlp = block.attn, block.mlp
-        tensors = norm(block.attn_norm) + norm(block.mlp_norm)
-        for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
-            tensors += proj(m)
-        tensors += proj(mlp.gate_proj) if mlp.gated else [empty] * 4
-        tensors += proj(mlp.up_proj) + proj(mlp.down_proj)
-        eps = block.attn_norm.eps
-        config = self.model.config
-        return tensors, (attn.n_head, attn.n_kv_head, float(eps), isinstance(block.attn_norm, nn.LayerNorm),
-                         bool(mlp.gated), ACTS[config.activation], 1.0 / attn.head_dim ** 0.5)
-
     def _fused_forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        ops = kernels.ops()
-        x, rope = self._embed(tokens, pos)
-        B = x.shape[0]
-        h = x.reshape(B, -1).contiguous()
-        empty = torch.empty(0)
-        cos, sin = (rope[0].reshape(-1).float().contiguous(), rope[1].reshape(-1).float().contiguous()) if rope \
-            else (empty, empty)
-        for i, (tensors, args) in enumerate(self._fused):
-            h = ops.decode_layer(h, tensors, self.keys[i], self.values[i], self.length, cos, sin, *args)
-        stack = self.model.decoder
-        if stack.final_norm is not None:
-            h = stack.final_norm(h)
-        return self.model.last_logits(h[:, None])
+        return fused_logits(self.model, self._fused, tokens, pos, self.keys, self.values, self.length)
 
     # ---- the step, written out ----------------------------------------------------------------------------
     def _embed(self, tokens: torch.Tensor, pos: torch.Tensor):
-        model, stack = self.model, self.model.decoder
-        x = model.tok_embed(tokens)
-        if stack.embed_scale != 1.0:
-            x = x * stack.embed_scale
-        if stack.pos_embed is not None:
-            x = x + stack.pos_embed(pos[None] + self.model.config.pos_offset)
-        rope = stack.rotary(pos[None], x.dtype) if stack.rotary is not None else None
-        return x, rope
+        return embed_step(self.model, tokens, pos)
 
     def _layers(self, x, rope, write, attend, lin):
         stack = self.model.decoder
@@ -308,4 +262,71 @@ class StaticDecoder:
         return self._layers(x, rope, write, attend, lambda h, m: F.linear(h, m.weight, m.bias))
 
 
-__all__ = ["StaticDecoder", "supports", "fused_ok"]
+def layer_args(model, block) -> tuple[list[torch.Tensor], tuple]:
+    """What `decode_layer` takes of one block: its 32 tensors (references, no copies) and its other arguments."""
+    empty = torch.empty(0)
+
+    def proj(m):
+        if isinstance(m, (Int8Linear, Int4Linear)):
+            w, s, h = m.kernel_tensors()
+        else:
+            w, s, h = m.weight.detach().contiguous(), empty, empty
+        bias = m.bias.detach().float().contiguous() if m.bias is not None else empty
+        return [w, s, h, bias]
+
+    def norm(n):
+        w = n.weight.detach().contiguous() if n.weight is not None else empty
+        b = n.bias.detach().contiguous() if getattr(n, "bias", None) is not None else empty
+        return [w, b]
+
+    attn, mlp = block.attn, block.mlp
+    tensors = norm(block.attn_norm) + norm(block.mlp_norm)
+    for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+        tensors += proj(m)
+    tensors += proj(mlp.gate_proj) if mlp.gated else [empty] * 4
+    tensors += proj(mlp.up_proj) + proj(mlp.down_proj)
+    eps = block.attn_norm.eps
+    return tensors, (attn.n_head, attn.n_kv_head, float(eps), isinstance(block.attn_norm, nn.LayerNorm),
+                     bool(mlp.gated), ACTS[model.config.activation], 1.0 / attn.head_dim ** 0.5)
+
+
+def embed_step(model, tokens: torch.Tensor, pos: torch.Tensor):
+    """Embeddings (B, 1, C) of one token per row and the rotary tables (or None); `pos` (1,) the position of every
+    row or (B,) one per row."""
+    stack = model.decoder
+    x = model.tok_embed(tokens)
+    if stack.embed_scale != 1.0:
+        x = x * stack.embed_scale
+    col = pos.view(-1, 1)
+    if stack.pos_embed is not None:
+        x = x + stack.pos_embed(col + model.config.pos_offset)
+    rope = stack.rotary(col, x.dtype) if stack.rotary is not None else None
+    return x, rope
+
+
+def fused_logits(model, layers: list, tokens: torch.Tensor, pos: torch.Tensor, keys, values, length: int,
+                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One decode step through lmforge's `decode_layer`, a C++ call per layer: `tokens` (B, 1), `pos` (1,) or (B,)
+    positions, `layers` from `layer_args`, `keys`/`values` per layer contiguous fp32 (B, K, S, D) with this step's
+    keys/values written at column `length`; `key_mask` (B, >= length + 1) uint8, 0 at the columns a row must not
+    attend (left padding, the server's right-aligned rows), or None. Float logits (B, V) of the next token."""
+    ops = kernels.ops()
+    x, rope = embed_step(model, tokens, pos)
+    B = x.shape[0]
+    h = x.reshape(B, -1).contiguous()
+    empty = torch.empty(0)
+    if rope is None:
+        cos, sin = empty, empty
+    elif pos.numel() == 1:
+        cos, sin = (t.reshape(-1).float().contiguous() for t in rope)
+    else:
+        cos, sin = (t.reshape(B, -1).float().contiguous() for t in rope)
+    for i, (tensors, args) in enumerate(layers):
+        h = ops.decode_layer(h, tensors, keys[i], values[i], length, cos, sin, *args, key_mask)
+    stack = model.decoder
+    if stack.final_norm is not None:
+        h = stack.final_norm(h)
+    return model.last_logits(h[:, None])
+
+
+__all__ = ["StaticDecoder", "supports", "fused_ok", "fused_logits", "layer_args"]

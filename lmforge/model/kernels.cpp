@@ -389,9 +389,12 @@ void rope_heads(float* v, int64_t heads, int64_t D, const float* cos, const floa
   }
 }
 
+// cos/sin: (rot) for every row, or (rows, rot) a table per row (rows at different positions); mask: none, or (rows,
+// >= pos + 1) uint8 with 0 at the cache columns a row must not attend (its padding)
 at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p, const at::Tensor& kcache,
                         const at::Tensor& vcache, int64_t pos, const at::Tensor& cos_t, const at::Tensor& sin_t,
-                        int64_t H, int64_t KV, double eps, bool layer_norm, bool gated, int64_t act, double scale) {
+                        int64_t H, int64_t KV, double eps, bool layer_norm, bool gated, int64_t act, double scale,
+                        const c10::optional<at::Tensor>& mask) {
   TORCH_CHECK(has_avx512(), "decode_layer needs AVX-512");
   TORCH_CHECK(x_in.dim() == 2 && x_in.scalar_type() == at::kFloat && x_in.is_contiguous() && x_in.device().is_cpu(),
               "x must be contiguous fp32 (rows, channels) on the CPU");
@@ -403,10 +406,20 @@ at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p
   const int64_t S = kcache.size(2), D = kcache.size(3);
   TORCH_CHECK(pos >= 0 && pos < S, "position ", pos, " outside the cache of ", S);
   TORCH_CHECK(H % KV == 0, "heads must be a multiple of key/value heads");
-  const int64_t rot = cos_t.numel();
-  TORCH_CHECK(rot % 2 == 0 && rot <= D && sin_t.numel() == rot, "rotary tables must be even and at most head dim");
-  const float* cosp = rot ? opt_f32(cos_t, rot, "cos") : nullptr;
-  const float* sinp = rot ? opt_f32(sin_t, rot, "sin") : nullptr;
+  const bool per_row = cos_t.dim() == 2;
+  const int64_t rot = per_row ? cos_t.size(1) : cos_t.numel();
+  TORCH_CHECK(rot % 2 == 0 && rot <= D && sin_t.sizes() == cos_t.sizes() && (!per_row || cos_t.size(0) == M),
+              "rotary tables must be (head dim or less, even) or (rows, that)");
+  const float* cosp = rot ? opt_f32(cos_t, per_row ? M * rot : rot, "cos") : nullptr;
+  const float* sinp = rot ? opt_f32(sin_t, per_row ? M * rot : rot, "sin") : nullptr;
+  const uint8_t* maskp = nullptr;
+  int64_t mstride = 0;
+  if (mask.has_value() && mask->numel()) {
+    TORCH_CHECK(mask->dim() == 2 && mask->size(0) == M && mask->size(1) >= pos + 1 && mask->scalar_type() == at::kByte
+                && mask->stride(1) == 1 && mask->device().is_cpu(), "mask must be uint8 (rows, >= pos + 1)");
+    maskp = mask->data_ptr<uint8_t>();
+    mstride = mask->stride(0);
+  }
   const float* n1w = opt_f32(p[0], C, "norm weight");
   const float* n1b = opt_f32(p[1], C, "norm bias");
   const float* n2w = opt_f32(p[2], C, "norm weight");
@@ -433,8 +446,10 @@ at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p
   float* vc = vcache.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     if (rot) {
-      rope_heads(qb.data() + m * H * D, H, D, cosp, sinp, rot);
-      rope_heads(kb.data() + m * KV * D, KV, D, cosp, sinp, rot);
+      const float* c = per_row ? cosp + m * rot : cosp;
+      const float* sn = per_row ? sinp + m * rot : sinp;
+      rope_heads(qb.data() + m * H * D, H, D, c, sn, rot);
+      rope_heads(kb.data() + m * KV * D, KV, D, c, sn, rot);
     }
     for (int64_t j = 0; j < KV; ++j) {
       std::memcpy(kc + ((m * KV + j) * S + pos) * D, kb.data() + (m * KV + j) * D, D * sizeof(float));
@@ -450,9 +465,10 @@ at::Tensor decode_layer(const at::Tensor& x_in, const std::vector<at::Tensor>& p
       const float* qv = qb.data() + (m * H + hh) * D;
       const float* kr = kc + (m * KV + j) * S * D;
       const float* vr = vc + (m * KV + j) * S * D;
+      const uint8_t* keep = maskp ? maskp + m * mstride : nullptr;
       float mx = -INFINITY;
       for (int64_t t = 0; t < L; ++t) {
-        sc[t] = dot(qv, kr + t * D, D) * static_cast<float>(scale);
+        sc[t] = keep && !keep[t] ? -INFINITY : dot(qv, kr + t * D, D) * static_cast<float>(scale);
         mx = std::max(mx, sc[t]);
       }
       float total = 0.f;
@@ -557,6 +573,7 @@ TORCH_LIBRARY(lmforge_kernels, m) {
   m.def("hugepage_copy(Tensor t) -> Tensor", hugepage_copy);
   m.def("dequant_int4(Tensor w, Tensor scale, Tensor shift, int group) -> Tensor", dequant_int4);
   m.def("decode_layer(Tensor x, Tensor[] p, Tensor(a!) kcache, Tensor(b!) vcache, int pos, Tensor cos, Tensor sin, "
-        "int n_head, int n_kv_head, float eps, bool layer_norm, bool gated, int act, float scale) -> Tensor",
+        "int n_head, int n_kv_head, float eps, bool layer_norm, bool gated, int act, float scale, "
+        "Tensor? mask=None) -> Tensor",
         decode_layer);
 }

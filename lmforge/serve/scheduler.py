@@ -27,8 +27,10 @@ import torch
 
 from ..generate.engine import Picker, RowState, sample_seed
 from ..generate.options import GenerationOptions
+from ..generate.static import fused_logits, fused_ok, layer_args
 from ..generate.text import IncrementalDecoder, StopMatcher
 from ..model.cache import KVCache
+from ..model import kernels
 from ..model.fast import fast_inference
 
 HEADROOM = 64  # cache columns allocated beyond the longest row when the batch is re-packed
@@ -99,6 +101,8 @@ class Scheduler:
         self.logits: torch.Tensor | None = None  # (N, V) for each row's next token
         self.peak = 0  # the most rows decoded together so far
         self.cancelled_rows = 0  # rows dropped because their client went away
+        self.fused: list | None = None  # decode_layer's arguments per layer, where the fused CPU step applies
+        self.fused_steps = 0  # decode steps taken through it (the rest: the model's forward)
         self.running = True
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="lmforge-serve-engine", daemon=True)
@@ -128,6 +132,11 @@ class Scheduler:
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:  # (in the engine thread: building lmforge's kernels on first use takes a few seconds, once)
+            if fused_ok(self.model, 1):
+                self.fused = [layer_args(self.model, b) for b in self.model.decoder.layers]
+        except Exception:  # the model's forward serves instead
+            self.fused = None
         while True:
             with self.cond:
                 while self.running and not self.waiting and not self.rows:
@@ -304,7 +313,19 @@ class Scheduler:
         if L + 1 > self.cache.max_len:
             self._pack([(self.cache.keys, self.cache.values, self.mask[:, :L], L)])
         self.mask[:, L] = 1
-        hidden = self.model.decode(chosen.view(-1, 1), decoder_attention_mask=self.mask[:, :L + 1], cache=self.cache)
+        mask = self.mask[:, :L + 1]
+        cache = self.cache
+        if (self.fused is not None and len(self.rows) <= kernels.MAX_ROWS
+                and all(t.is_contiguous() and t.dtype == torch.float32 for t in cache.keys + cache.values)):
+            # one C++ call per layer (generate.static.fused_logits), each row at its own position, its padding
+            # columns masked: the same tokens as the forward below (tested)
+            pos = mask.sum(1) - 1
+            self.logits = fused_logits(self.model, self.fused, chosen.view(-1, 1), pos, cache.keys, cache.values, L,
+                                       mask.to(torch.uint8))
+            cache.advance(1)
+            self.fused_steps += 1
+            return
+        hidden = self.model.decode(chosen.view(-1, 1), decoder_attention_mask=mask, cache=cache)
         self.logits = self.model.last_logits(hidden)
 
     def _renumber(self, keep: list[int]) -> None:

@@ -154,6 +154,34 @@ def test_fused_step_logits_equal_the_full_forward():
     torch.testing.assert_close(torch.stack(logits, 1), full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_fused_step_with_a_position_per_row_and_padding_equals_the_forward(kind):
+    """The server's batch (rows of different lengths, their padding masked, each at its own position): fused_logits
+    with a key mask and per-row positions gives the model's forward's logits; without the mask it does not."""
+    from lmforge.model.cache import KVCache
+
+    model = lmforge_decoder(kind)
+    B, P = 3, 7
+    ids = torch.randint(5, 300, (B, P), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(B, P, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :5] = 0
+    tok = torch.randint(5, 300, (B, 1), generator=torch.Generator().manual_seed(4))
+    full = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], 1)
+    layers = [S.layer_args(model, b) for b in model.decoder.layers]
+    with torch.inference_mode(), fast_inference():
+        cache = KVCache.for_model(model, B, P + 1)
+        model.decode(ids, decoder_attention_mask=mask, cache=cache)
+        keys, values = [k.clone() for k in cache.keys], [v.clone() for v in cache.values]
+        want = model.last_logits(model.decode(tok, decoder_attention_mask=full, cache=cache))
+        got = S.fused_logits(model, layers, tok, full.sum(1) - 1, keys, values, P, full.to(torch.uint8))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(keys[0][:, :, P], cache.keys[0][:, :, P], rtol=1e-5, atol=1e-5)
+        unmasked = S.fused_logits(model, layers, tok, full.sum(1) - 1, [k.clone() for k in keys],
+                                  [v.clone() for v in values], P, None)
+    assert float((unmasked[1:] - want[1:]).abs().max()) > 1e-3  # the padded rows need their mask
+
+
 def test_without_the_kernels_everything_still_decodes(tmp_path):
     """LMFORGE_KERNELS=0: PyTorch's kernels only, in a fresh process (nothing built or loaded)."""
     code = ("import torch, lmforge; from lmforge.model import kernels; "
