@@ -14,8 +14,9 @@ from ._version import __version__
 
 # PyTorch's CPU allocator backs allocations of 2 MB and more with transparent huge pages when this is set before torch
 # allocates its first tensor (c10's THP_MEM_ALLOC_ENABLE): weights streamed once a decoding step then cost one TLB
-# entry per 2 MB instead of per 4 KB, 10-30% faster batch-1 decoding here (docs/performance.md). A value the user set
-# is kept; with torch imported before lmforge it has no effect.
+# entry per 2 MB instead of per 4 KB. Ad-hoc tests saw batch-1 decoding 10-30% faster; the benchmark did not confirm
+# it (1.00x, docs/performance.md); it costs nothing measured. A value the user set is kept; with torch imported
+# before lmforge it has no effect.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 _API = {"ModelConfig": "config", "LmforgeError": "errors", "KVCache": "model", "Transformer": "model",

@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..model import kernels
 from ..model.cache import KVCache
 from ..model.fast import fast_inference
 from . import processors as P
@@ -36,6 +37,7 @@ class Runner:
         self.model = model
         self.compile = compile  # "static" | "on": the static decode step (lmforge.generate.static), where it applies
         self.static: S.StaticDecoder | None = None
+        self.fused: list | None = None  # padded batches: decode_layer's arguments per layer (S.fused_logits)
         self.enc_dec = model.config.arch == "encoder_decoder"
         self.use_cache = use_cache
         self.device = model.device
@@ -87,6 +89,9 @@ class Runner:
             return self.static.prefill(self.ids)
         if self.use_cache:
             self.cache = KVCache.for_model(model, B, self.prompt_len + self.max_new_tokens)
+            if self.padded and self.compile == "off" and S.fused_ok(model, 1):
+                # prompts of different lengths: the fused CPU layer, each row at its own position, padding masked
+                self.fused = [S.layer_args(model, block) for block in model.decoder.layers]
             if self.padded:  # the mask for every position the cache will hold: new tokens are real
                 full = torch.ones((B, self.prompt_len + self.max_new_tokens), dtype=torch.long, device=self.device)
                 full[:, : self.prompt_len] = self.mask
@@ -142,6 +147,12 @@ class Runner:
             return self._logits(hidden)
         if self.cache is not None:
             mask = self.mask[:, : self.cache.length + 1] if self.mask is not None else None
+            if self.fused is not None and mask is not None and tokens.shape[0] <= kernels.MAX_ROWS:
+                cache = self.cache
+                logits = S.fused_logits(model, self.fused, tokens, mask.sum(1) - 1, cache.keys, cache.values,
+                                        cache.length, mask.to(torch.uint8))
+                cache.advance(1)
+                return logits
             return self._logits(model.decode(tokens, decoder_attention_mask=mask, cache=self.cache))
         self.seq = torch.cat([self.seq, tokens], dim=1)
         mask = None

@@ -143,6 +143,27 @@ def test_fused_decode_gives_the_tokens_of_the_regular_path(kind, method):
         assert torch.equal(out, _reference(model, ids, 12, **options)), options
 
 
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_padded_batches_decode_through_the_fused_layer_with_the_same_tokens(kind):
+    """Prompts of different lengths (left-padded): the engine's steps go through fused_logits with a position per row
+    and the padding masked, and give the tokens of the model's forward (greedy, beams, samples)."""
+    from lmforge.generate.engine import Runner
+
+    model = lmforge_decoder(kind)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (9, 4, 6)]
+    runner = Runner(model, prompts, 4)
+    with torch.inference_mode():
+        runner.start()
+    assert runner.fused is not None and runner.static is None
+    for options in (dict(), dict(num_beams=3), dict(do_sample=True, seed=3, num_return_sequences=2)):
+        got = generate(model, prompts, max_new_tokens=16, ignore_eos=True, return_dict=True, **options)
+        with kernels.disabled():
+            want = generate(model, prompts, max_new_tokens=16, ignore_eos=True, return_dict=True, **options)
+        flat = lambda rs: [r.token_ids for g in rs for r in (g if isinstance(g, list) else [g])]  # noqa: E731
+        assert flat(got) == flat(want), options
+
+
 def test_fused_step_logits_equal_the_full_forward():
     model = lmforge_decoder("llama")
     seq = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(1))
