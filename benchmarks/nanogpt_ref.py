@@ -84,11 +84,11 @@ def lr_at(it: int, lr: float, min_lr: float, warmup: int, decay_iters: int) -> f
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def train(train_data: np.ndarray, vocab: int, *, iters: int = 2000, batch: int = 12, block: int = 64,
-          n_layer: int = 4, n_head: int = 4, d: int = 128, lr: float = 1e-3, min_lr: float = 1e-4,
-          warmup: int = 100, beta2: float = 0.99, weight_decay: float = 0.1, seed: int = 1337,
-          on_step=None) -> tuple[GPT, list[float], list[float]]:
-    """Train nanoGPT's way; returns the model, per-step losses and per-step times (seconds)."""
+def make_step(train_data: np.ndarray, vocab: int, *, iters: int = 2000, batch: int = 12, block: int = 64,
+              n_layer: int = 4, n_head: int = 4, d: int = 128, lr: float = 1e-3, min_lr: float = 1e-4,
+              warmup: int = 100, beta2: float = 0.99, weight_decay: float = 0.1, seed: int = 1337):
+    """nanoGPT's model and one iteration of its loop: (model, step) where step(it) trains iteration `it` and returns
+    its loss tensor (train() reads it with .item() each step, as nanoGPT's logging does)."""
     torch.manual_seed(seed)
     model = GPT(vocab, block, n_layer, n_head, d)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,9 +96,8 @@ def train(train_data: np.ndarray, vocab: int, *, iters: int = 2000, batch: int =
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2))
     data = torch.from_numpy(train_data.astype(np.int64))
-    losses, times = [], []
-    for it in range(iters):
-        t0 = time.perf_counter()
+
+    def step(it: int) -> torch.Tensor:
         for g in opt.param_groups:
             g["lr"] = lr_at(it, lr, min_lr, warmup, iters)
         ix = torch.randint(len(data) - block, (batch,))
@@ -109,7 +108,19 @@ def train(train_data: np.ndarray, vocab: int, *, iters: int = 2000, batch: int =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        return loss
+
+    return model, step
+
+
+def train(train_data: np.ndarray, vocab: int, *, iters: int = 2000, on_step=None,
+          **kw) -> tuple[GPT, list[float], list[float]]:
+    """Train nanoGPT's way; returns the model, per-step losses and per-step times (seconds)."""
+    model, step = make_step(train_data, vocab, iters=iters, **kw)
+    losses, times = [], []
+    for it in range(iters):
+        t0 = time.perf_counter()
+        losses.append(step(it).item())
         times.append(time.perf_counter() - t0)
         if on_step:
             on_step(it, losses[-1])

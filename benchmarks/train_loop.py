@@ -3,12 +3,18 @@ benchmarks/train_step.py, interleaved in one process (so other jobs on a shared 
 optionally a torch.profiler table of each.
 
     python benchmarks/train_loop.py [--models gpt-nano,llama-nano] [--rounds 8] [--threads 1] [--profile]
-        [--data bench-out/shakespeare/data]
+        [--data bench-out/shakespeare/data] [--reference]
 
 Both run nanoGPT's CPU recipe shape (batch 12 x context 64, bf16 autocast where native, AdamW fused, clip 1.0) on
 the same model preset; the Trainer reads its batches from prepared Tiny Shakespeare (prepared here from
 ../shared/data unless --data points at a prepared folder), the bare step reuses one random batch. Prints per model
 the median step time of each and their ratio (the issue's target: the loop within 10% of the bare step).
+
+--reference adds a third step to the same rounds: one iteration of nanoGPT's recipe as benchmarks/nanogpt_ref.py
+runs it (eager fp32, its own batch sampling, learning-rate schedule, clipping, AdamW and the loss's .item()), on the
+same data; it prints nanoGPT's median step against the Trainer's, the speed ratio of issue 15's Tiny Shakespeare
+targets (gpt-nano >= 1.5x, llama-nano >= 1.3x) measured so that a host changing speed slows both alike. (The
+2000-iteration runs of benchmarks/tinyshakespeare.py, one after the other, give the losses.)
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ def prepared(data: str | None, shared: Path, tmp: Path) -> Path:
     return tmp / "data"
 
 
-def compare(name: str, data: Path, out: Path, rounds: int, profile: bool) -> dict:
+def compare(name: str, data: Path, out: Path, rounds: int, profile: bool, reference: bool = False) -> dict:
     from lmforge import ModelConfig, build_model
     from lmforge.data.batches import PreparedData
     from lmforge.device import native_bf16
@@ -82,11 +88,26 @@ def compare(name: str, data: Path, out: Path, rounds: int, profile: bool) -> dic
         trainer._step(step[0])
         step[0] += 1
 
+    fns = {"bare": bare, "loop": loop}
+    if reference:
+        import numpy as np
+
+        import nanogpt_ref
+
+        _, ref_step = nanogpt_ref.make_step(np.memmap(data / "train.bin", dtype=np.uint16), tok.vocab_size)
+        ref_it = [0]
+
+        def nanogpt():
+            ref_step(ref_it[0]).item()
+            ref_it[0] += 1
+
+        fns["nanogpt"] = nanogpt
     for _ in range(20):
-        loop(), bare()
-    times: dict[str, list[float]] = {"bare": [], "loop": []}
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {key: [] for key in fns}
     for _ in range(rounds):
-        for key, fn in (("bare", bare), ("loop", loop)):
+        for key, fn in fns.items():
             for _ in range(25):
                 t = time.perf_counter()
                 fn()
@@ -101,7 +122,11 @@ def compare(name: str, data: Path, out: Path, rounds: int, profile: bool) -> dic
                     fn()
             print(f"\n{name}, {key}, 50 steps:\n" + p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     b, lp = statistics.median(times["bare"]), statistics.median(times["loop"])
-    return {"bare_ms": 1000 * b, "loop_ms": 1000 * lp, "ratio": lp / b}
+    out = {"bare_ms": 1000 * b, "loop_ms": 1000 * lp, "ratio": lp / b}
+    if reference:
+        r = statistics.median(times["nanogpt"])
+        out.update(nanogpt_ms=1000 * r, speedup=r / lp)
+    return out
 
 
 def main() -> None:
@@ -110,6 +135,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators of each")
+    ap.add_argument("--reference", action="store_true", help="also time nanoGPT's recipe step in the same rounds")
     ap.add_argument("--data", default=None, help="a prepared Tiny Shakespeare folder (default: prepared here)")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
     args = ap.parse_args()
@@ -119,10 +145,14 @@ def main() -> None:
         data = prepared(args.data, Path(args.shared), Path(tmp))
         load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load}")
-        print(f"{'model':11s} {'bare ms':>8s} {'loop ms':>8s} {'loop/bare':>9s}  target <= 1.10")
+        head = f"{'model':11s} {'bare ms':>8s} {'loop ms':>8s} {'loop/bare':>9s}  target <= 1.10"
+        print(head + (f" {'nanoGPT ms':>10s} {'nanoGPT/loop':>12s}" if args.reference else ""))
         for name in args.models.split(","):
-            r = compare(name, data, Path(tmp), args.rounds, args.profile)
-            print(f"{name:11s} {r['bare_ms']:8.2f} {r['loop_ms']:8.2f} {r['ratio']:8.3f}x", flush=True)
+            r = compare(name, data, Path(tmp), args.rounds, args.profile, args.reference)
+            line = f"{name:11s} {r['bare_ms']:8.2f} {r['loop_ms']:8.2f} {r['ratio']:8.3f}x"
+            if args.reference:
+                line += f"{'':16s} {r['nanogpt_ms']:10.2f} {r['speedup']:11.2f}x"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
