@@ -38,7 +38,7 @@ class Served:
     """The model and what the endpoints need to know about it."""
 
     def __init__(self, model, name: str, *, max_batch: int, max_queue: int, max_tokens: int,
-                 path: str | None = None) -> None:
+                 path: str | None = None, threads: int | None = None) -> None:
         self.model = model
         self.name = name
         self.tokenizer = model.tokenizer
@@ -60,8 +60,15 @@ class Served:
             self.eos = frozenset(spec.eos)
             self.chat_eos = frozenset(spec.eos + [i for i in turn_end_ids(self.tokenizer) if i not in spec.eos])
             self.scheduler = Scheduler(model, pad_id=spec.pad, max_batch=max_batch, max_queue=max_queue,
-                                       metrics=self.metrics)
+                                       metrics=self.metrics, threads=threads)
         self.lock = self.scheduler.lock if self.scheduler is not None else threading.Lock()
+
+    async def run(self, work):
+        """`work()` off the event loop: on the engine thread when there is one (Scheduler.call), else a worker
+        thread."""
+        if self.scheduler is not None:
+            return await asyncio.wrap_future(self.scheduler.call(work))
+        return await asyncio.to_thread(work)
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -224,7 +231,8 @@ def chat_logprobs(served: Served, tokens: list[int], logprobs: list[float],
 # ---- the app -------------------------------------------------------------------------------------------
 
 def create_app(model, *, name: str | None = None, api_key: str | None = None, max_batch: int = 16,
-               max_queue: int = 256, max_tokens: int = 2048, max_body: int = 4 << 20, path: str | None = None):
+               max_queue: int = 256, max_tokens: int = 2048, max_body: int = 4 << 20, path: str | None = None,
+               threads: int | None = None):
     """The FastAPI app serving `model` (an lmforge `Transformer` with its tokenizer).
 
     Args:
@@ -236,6 +244,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
         max_tokens: the largest max_tokens a request may ask for
         max_body: the largest request body in bytes (more get 413)
         path: the folder the model came from (for a sentence-transformers pooling configuration)
+        threads: torch threads for the engine thread, which runs every model call (None: as it finds them)
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -245,7 +254,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
     if max_batch < 1 or max_queue < 1 or max_tokens < 1:
         raise LmforgeError("max_batch, max_queue and max_tokens must be >= 1")
     served = Served(model, name or "lmforge", max_batch=max_batch, max_queue=max_queue, max_tokens=max_tokens,
-                    path=path)
+                    path=path, threads=threads)
     key = api_key.encode("utf-8") if api_key else None
 
     app = FastAPI(title="lmforge", docs_url=None, redoc_url=None, openapi_url=None)
@@ -565,7 +574,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
                 count = sum(len(e) for e in served.tokenizer.encode_batch(texts, add_special_tokens=True))
             return vectors, count
 
-        vectors, count = await asyncio.to_thread(work)
+        vectors, count = await served.run(work)
         data = []
         for i, v in enumerate(vectors):
             emb: Any = (base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
@@ -589,7 +598,7 @@ def create_app(model, *, name: str | None = None, api_key: str | None = None, ma
                 examples = [Example((t,), None, i) for i, t in enumerate(texts)]
                 return predict_labels(served.model, examples, max_length=served.context)
 
-        labels, probs = await asyncio.to_thread(work)
+        labels, probs = await served.run(work)
         names = served.model.config.label_names
         served.metrics.request(request.url.path, 200)
         return {"object": "list", "model": served.name,

@@ -15,7 +15,7 @@ def need_server_libraries() -> None:
 
 def serve(model, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None, api_key: str | None = None,
           max_batch: int = 16, max_queue: int = 256, max_tokens: int = 2048, path: str | None = None,
-          log_level: str = "warning", ready=None) -> None:
+          log_level: str = "warning", ready=None, threads: int | None = None) -> None:
     """Serve `model` until interrupted (Ctrl-C). `ready(url)` is called once the socket listens."""
     need_server_libraries()
     import uvicorn
@@ -25,7 +25,7 @@ def serve(model, *, host: str = "127.0.0.1", port: int = 8000, name: str | None 
     if not 0 <= port <= 65535:
         raise LmforgeError(f"--port {port} is not a TCP port; use 1..65535 (0 = any free port)")
     app = create_app(model, name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                     max_tokens=max_tokens, path=path)
+                     max_tokens=max_tokens, path=path, threads=threads)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
