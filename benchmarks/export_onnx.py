@@ -63,12 +63,13 @@ def timed_loop(model, prompts: list[list[int]], new: int) -> tuple[float, float]
     return t1 - t0, (t2 - t1) / max(new - 1, 1)
 
 
-def speeds(models: dict, args, vocab: int) -> dict[str, dict]:
+def speeds(models: dict, args, vocab: int, floor=None) -> dict[str, dict]:
     """Decode tokens/s at batch 1 and 8 and time to first token of every runtime in `models`, measured in turns
     (each repeat times every runtime once, best of --repeats each), so a change in the shared host's speed during
-    the run reaches every runtime alike."""
+    the run reaches every runtime alike. `floor` (a function timing one products-only step) joins the batch-1 turns."""
     g = torch.Generator().manual_seed(1)
     out = {name: {} for name in models}
+    floor_best = float("inf")
     for batch in (1, 8):
         prompts = [torch.randint(3, vocab, (args.prompt_tokens,), generator=g).tolist() for _ in range(batch)]
         for model in models.values():
@@ -77,6 +78,8 @@ def speeds(models: dict, args, vocab: int) -> dict[str, dict]:
         for _ in range(args.repeats):
             for name, model in models.items():
                 best[name] = min(best[name], timed_loop(model, prompts, args.new_tokens)[1])
+            if floor is not None and batch == 1:
+                floor_best = min(floor_best, floor())
         for name in models:
             out[name][f"decode_tps_b{batch}"] = batch / best[name]
     long = [torch.randint(3, vocab, (args.ttft_tokens,), generator=g).tolist()]
@@ -88,13 +91,16 @@ def speeds(models: dict, args, vocab: int) -> dict[str, dict]:
             best[name] = min(best[name], timed_loop(model, long, 1)[0])
     for name in models:
         out[name]["ttft_s"] = best[name]
+    if floor is not None:
+        out["pytorch"]["products_floor_s"] = floor_best
     return out
 
 
-def products_floor(folder: Path, threads: int, repeats: int) -> float:
-    """Seconds of ONNX Runtime running only the matrix products of one decode step of the fp32 graph in `folder`
-    (every MatMul with a constant weight, each fed a (1, K) input; no attention, norms or anything between): the
-    fastest a batch-1 step of that graph could be with ONNX Runtime's own fp32 kernels."""
+def products_floor(folder: Path, threads: int):
+    """A function returning the seconds of ONNX Runtime running only the matrix products of one decode step of the
+    fp32 graph in `folder` (every MatMul with a constant weight, each fed a (1, K) input; no attention, norms or
+    anything between; the mean of 20 runs): the fastest a batch-1 step of that graph could be with ONNX Runtime's
+    own fp32 kernels."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -122,13 +128,14 @@ def products_floor(folder: Path, threads: int, repeats: int) -> float:
     feeds = {f"x{k}": np.random.default_rng(0).standard_normal((1, k), dtype=np.float32) for k in widths}
     for _ in range(5):
         session.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
+
+    def timed() -> float:
         t0 = time.perf_counter()
         for _ in range(20):
             session.run(None, feeds)
-        best = min(best, (time.perf_counter() - t0) / 20)
-    return best
+        return (time.perf_counter() - t0) / 20
+
+    return timed
 
 
 def kl_stats(reference: list[torch.Tensor], other: list[torch.Tensor], windows: list[list[int]]) -> dict:
@@ -160,9 +167,10 @@ def run_model(key: str, model, label: str, windows, args, files: Path) -> dict:
         runtimes[name] = load_onnx(folder, threads=args.threads)
         res["runtimes"][name] = {"mb": done.bytes / 1e6, "export_s": done.seconds, "graph": done.graph}
         print(f"   exported {name} ({done.graph} graph) in {done.seconds:.1f} s", flush=True)
-    for name, row in speeds(runtimes, args, model.config.vocab_size).items():
+    floor = products_floor(files / f"{key}.onnx-fp32", args.threads)
+    for name, row in speeds(runtimes, args, model.config.vocab_size, floor).items():
         res["runtimes"][name].update(row)
-    res["products_floor_s"] = floor = products_floor(files / f"{key}.onnx-fp32", args.threads, args.repeats)
+    res["products_floor_s"] = floor = res["runtimes"]["pytorch"].pop("products_floor_s")
     print(f"   ONNX Runtime fp32, the step's matrix products alone: {floor * 1000:.2f} ms = at most "
           f"{1 / floor:.1f} tok/s at batch 1", flush=True)
     if windows:
