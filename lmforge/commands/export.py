@@ -58,7 +58,7 @@ def onnx_cli(checkpoint: str, *, out: str, quantize: OnnxQuantize | None = None,
     length 0); encoder-decoders an encoder graph and such a decoder graph; models with a task head (classify, tag,
     span) or a masked-LM head one graph giving the head's logits. Batch and sequence axes are dynamic. A decoder is
     written as ONNX Runtime's fused graph where it applies (GroupQueryAttention, skip-norms, packed projections: about
-    9 nodes a layer, 1.3-2x faster than the portable graph) and by torch.onnx.export otherwise.
+    10 nodes a layer, 1.3-2x faster than the portable graph) and by torch.onnx.export otherwise.
 
     Args:
         checkpoint: an lmforge checkpoint or run folder, a Hugging Face folder or hub id (hf:org/name), a GGUF file,

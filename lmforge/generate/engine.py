@@ -91,7 +91,7 @@ class Runner:
             self.cache = KVCache.for_model(model, B, self.prompt_len + self.max_new_tokens)
             if self.padded and self.compile == "off" and S.fused_ok(model, 1):
                 # prompts of different lengths: the fused CPU layer, each row at its own position, padding masked
-                self.fused = [S.layer_args(model, block) for block in model.decoder.layers]
+                self.fused = S.fused_layers(model)
             if self.padded:  # the mask for every position the cache will hold: new tokens are real
                 full = torch.ones((B, self.prompt_len + self.max_new_tokens), dtype=torch.long, device=self.device)
                 full[:, : self.prompt_len] = self.mask

@@ -119,8 +119,7 @@ class StaticDecoder:
         self.compile_mode = compile_mode
         self._fused: list | None = None  # per layer: (the 32 tensors of decode_layer, its other arguments)
         if compile_mode is None and fused_ok(model, batch_size):
-            kernels.to_hugepages(model)  # (once per model: the weights the fused step streams, on huge pages)
-            self._fused = [layer_args(model, block) for block in model.decoder.layers]
+            self._fused = fused_layers(model)
         elif supports(model) is not None:
             from ..errors import LmforgeError
 
@@ -144,8 +143,7 @@ class StaticDecoder:
             kept = _KEPT[key] = cls(model, batch_size, max_len, compile_mode)
         elif compile_mode is None:  # the model may have changed in place since (quantized, pruned, new weights):
             # the fused path's tensors are taken again (references, no copies)
-            kept._fused = ([layer_args(model, block) for block in model.decoder.layers]
-                           if fused_ok(model, batch_size) else None)
+            kept._fused = fused_layers(model) if fused_ok(model, batch_size) else None
         kept.length = 0
         return kept
 
@@ -290,6 +288,14 @@ def layer_args(model, block) -> tuple[list[torch.Tensor], tuple]:
                      bool(mlp.gated), ACTS[model.config.activation], 1.0 / attn.head_dim ** 0.5)
 
 
+def fused_layers(model) -> list:
+    """`layer_args` of every block, for `fused_logits`, after moving the weights the fused step streams onto huge pages
+    (once per model, `kernels.to_hugepages`: weights read from a GGUF file sit in numpy's memory, where SmolLM2 decodes
+    1.4x slower). What the static step, `generate`'s padded batches and the server's engine each call."""
+    kernels.to_hugepages(model)
+    return [layer_args(model, block) for block in model.decoder.layers]
+
+
 def embed_step(model, tokens: torch.Tensor, pos: torch.Tensor):
     """Embeddings (B, 1, C) of one token per row and the rotary tables (or None); `pos` (1,) the position of every
     row or (B,) one per row."""
@@ -329,4 +335,4 @@ def fused_logits(model, layers: list, tokens: torch.Tensor, pos: torch.Tensor, k
     return model.last_logits(h[:, None])
 
 
-__all__ = ["StaticDecoder", "supports", "fused_ok", "fused_logits", "layer_args"]
+__all__ = ["StaticDecoder", "supports", "fused_ok", "fused_logits", "fused_layers", "layer_args"]

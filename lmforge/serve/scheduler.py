@@ -28,7 +28,7 @@ import torch
 
 from ..generate.engine import Picker, RowState, sample_seed
 from ..generate.options import GenerationOptions
-from ..generate.static import fused_logits, fused_ok, layer_args
+from ..generate.static import fused_layers, fused_logits, fused_ok
 from ..generate.text import IncrementalDecoder, StopMatcher
 from ..model.cache import KVCache
 from ..model import kernels
@@ -165,10 +165,7 @@ class Scheduler:
             torch.set_num_threads(self.threads)
         try:  # (in the engine thread: building lmforge's kernels on first use takes a few seconds, once)
             if fused_ok(self.model, 1):
-                # the weights the fused step streams, onto huge pages once (as the static step does): a model read
-                # from a GGUF file keeps them in numpy's memory, where SmolLM2 decoded 1.4x slower (docs/serving.md)
-                kernels.to_hugepages(self.model)
-                self.fused = [layer_args(self.model, b) for b in self.model.decoder.layers]
+                self.fused = fused_layers(self.model)  # (its weights onto huge pages too, as generate's)
         except Exception:  # the model's forward serves instead
             self.fused = None
         while True:

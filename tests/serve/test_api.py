@@ -10,6 +10,7 @@ import base64
 import concurrent.futures
 import contextlib
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -277,6 +278,29 @@ def test_context_too_long_and_chat_errors(server):
     r = http("POST", server.url + "/v1/classify", json_body={"model": "tiny", "input": "x"})
     assert r.status_code == 400 and "classifier" in r.json()["error"]["message"]
     assert http("GET", server.url + "/v1/nothing").status_code == 404
+
+
+def test_embeddings_of_a_served_decoder_run_on_the_engine_thread(server, decoder):
+    """A decoder's server hands embeddings to its engine thread (Scheduler.call): the same vectors as lmforge.embed."""
+    sched = server.app.state.served.scheduler
+    seen = []
+    real = sched.call
+
+    def call(fn):
+        def traced():
+            seen.append(threading.current_thread() is sched.thread)
+            return fn()
+        return real(traced)
+
+    sched.call = call
+    try:
+        texts = ["The quick brown fox", "jumps over"]
+        r = http("POST", server.url + "/v1/embeddings", json_body={"model": "tiny", "input": texts})
+    finally:
+        del sched.call
+    assert r.status_code == 200 and seen == [True]
+    ours = np.array([d["embedding"] for d in r.json()["data"]])
+    np.testing.assert_allclose(ours, lmforge.embed(decoder, texts), atol=1e-5)
 
 
 def test_api_key(decoder):
