@@ -97,12 +97,16 @@ def reply(model: Transformer, conversations: Sequence[Sequence[dict[str, str]]],
 
     tok = model.tokenizer
     bos = tok.special.get("bos")
-    max_new_tokens = max(1, min(max_new_tokens, model.config.context_length // 2))
+    context = model.config.context_length
+    room = max(1, min(max_new_tokens, context // 2))  # what a prompt too long for the context leaves the reply
     prompts = []
     for messages in conversations:
         text = tok.apply_chat_template(list(messages), add_generation_prompt=True)
         ids = tok.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
-        prompts.append(ids[-(model.config.context_length - max_new_tokens):])
+        # a prompt that fits stays whole and the reply gets the rest of the context (cutting the prompt's start, its
+        # BOS and system turn, changes what the model sees: replies the model was not trained to give)
+        prompts.append(ids if len(ids) < context else ids[-(context - room):])
+    max_new_tokens = max(1, min(max_new_tokens, context - max((len(p) for p in prompts), default=0)))
     with eval_mode(model):
         outs = generate(model, prompts, max_new_tokens=max_new_tokens, eos_token_id=turn_end_ids(tok, model),
                         return_dict=True, batch_size=16, **options)
