@@ -50,7 +50,19 @@ def prepared(data: str | None, shared: Path, tmp: Path) -> Path:
     return tmp / "data"
 
 
-def compare(name: str, data: Path, out: Path, rounds: int, profile: bool, reference: bool = False) -> dict:
+def stepper(trainer, first: int):
+    """A function running the trainer's next step each call."""
+    step = [first]
+
+    def run():
+        trainer._step(step[0])
+        step[0] += 1
+
+    return run
+
+
+def compare(name: str, data: Path, out: Path, rounds: int, profile: bool, reference: bool = False,
+            compiled: tuple[str, ...] = (), attention: bool = False) -> dict:
     from lmforge import ModelConfig, build_model
     from lmforge.data.batches import PreparedData
     from lmforge.device import native_bf16
@@ -82,13 +94,33 @@ def compare(name: str, data: Path, out: Path, rounds: int, profile: bool, refere
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step = [0]
-
-    def loop():
-        trainer._step(step[0])
-        step[0] += 1
-
+    loop = stepper(trainer, 0)
     fns = {"bare": bare, "loop": loop}
+    if attention:  # the same Trainer's steps with PyTorch's SDPA for attention instead of lmforge's kernel
+        from lmforge.model import kernels
+
+        sdpa_trainer = Trainer(build_model(ModelConfig.from_name(name, **shape)),
+                               make_objective("clm", prep, tok, 64, 1337), cfg, out / f"{name}-sdpa")
+        sdpa_step = stepper(sdpa_trainer, 0)
+
+        def loop_sdpa():
+            with kernels.disabled():
+                sdpa_step()
+
+        fns["loop-sdpa"] = loop_sdpa
+    compile_s = {}
+    for scope in compiled:  # the same Trainer with --compile on, its forward and loss compiled as one graph or by block
+        import lmforge.train.trainer as trainer_module
+
+        trainer_module.COMPILE_SCOPE = scope
+        torch.manual_seed(0)
+        other = Trainer(build_model(ModelConfig.from_name(name, **shape)),
+                        make_objective("clm", prep, tok, 64, 1337), TrainConfig(**{**cfg.__dict__, "compile": "on"}),
+                        out / f"{name}-{scope}")
+        t = time.perf_counter()
+        other._step(0), other._step(1)  # (compiles the forward, then the backward)
+        compile_s[scope] = time.perf_counter() - t
+        fns[f"compiled-{scope}"] = stepper(other, 2)
     if reference:
         import numpy as np
 
@@ -126,6 +158,13 @@ def compare(name: str, data: Path, out: Path, rounds: int, profile: bool, refere
     if reference:
         r = statistics.median(times["nanogpt"])
         out.update(nanogpt_ms=1000 * r, speedup=r / lp)
+    if attention:
+        out["sdpa_ms"] = 1000 * statistics.median(times["loop-sdpa"])
+    for scope in compiled:
+        c = statistics.median(times[f"compiled-{scope}"])
+        out[scope] = {"ms": 1000 * c, "compile_s": compile_s[scope], "vs_eager": lp / c}
+        if reference:
+            out[scope]["speedup"] = statistics.median(times["nanogpt"]) / c
     return out
 
 
@@ -136,6 +175,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators of each")
     ap.add_argument("--reference", action="store_true", help="also time nanoGPT's recipe step in the same rounds")
+    ap.add_argument("--compile", default="", help="also time the Trainer with --compile on, its forward and loss "
+                    "compiled as one graph (model) and/or block by block (blocks): model,blocks")
+    ap.add_argument("--attention", action="store_true", help="also time the Trainer's step with PyTorch's SDPA "
+                    "in place of lmforge's CPU attention kernel")
     ap.add_argument("--data", default=None, help="a prepared Tiny Shakespeare folder (default: prepared here)")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared/data"))
     args = ap.parse_args()
@@ -148,11 +191,22 @@ def main() -> None:
         head = f"{'model':11s} {'bare ms':>8s} {'loop ms':>8s} {'loop/bare':>9s}  target <= 1.10"
         print(head + (f" {'nanoGPT ms':>10s} {'nanoGPT/loop':>12s}" if args.reference else ""))
         for name in args.models.split(","):
-            r = compare(name, data, Path(tmp), args.rounds, args.profile, args.reference)
+            scopes = tuple(x for x in args.compile.split(",") if x)
+            r = compare(name, data, Path(tmp), args.rounds, args.profile, args.reference, scopes, args.attention)
             line = f"{name:11s} {r['bare_ms']:8.2f} {r['loop_ms']:8.2f} {r['ratio']:8.3f}x"
             if args.reference:
                 line += f"{'':16s} {r['nanogpt_ms']:10.2f} {r['speedup']:11.2f}x"
             print(line, flush=True)
+            if args.attention:
+                print(f"  with SDPA's attention: {r['sdpa_ms']:.2f} ms a step (lmforge's kernel "
+                      f"{r['sdpa_ms'] / r['loop_ms']:.2f}x faster)", flush=True)
+            for scope in scopes:
+                c = r[scope]
+                line = (f"  compiled ({scope}): {c['ms']:.2f} ms a step, {c['vs_eager']:.2f}x the eager loop, compiling "
+                        f"took {c['compile_s']:.1f} s")
+                if args.reference:
+                    line += f"; nanoGPT / compiled {c['speedup']:.2f}x"
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

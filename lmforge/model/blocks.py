@@ -236,6 +236,13 @@ def _sdpa_takes_gqa() -> bool:
 SDPA_GQA = _sdpa_takes_gqa()  # torch >= 2.5: SDPA attends grouped queries itself (no repeated keys and values)
 
 
+def _kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dropout: float) -> bool:
+    """Causal self-attention in training (a gradient to compute) on the CPU: lmforge's kernel where it applies
+    (short sequences, where it is faster than SDPA's CPU flash kernel); inference keeps SDPA."""
+    return (mask.causal and mask.mask is None and q.device.type == "cpu" and torch.is_grad_enabled()
+            and q.requires_grad and kernels.attention_fits(q, k, v, dropout))
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dropout: float) -> torch.Tensor:
     """`scaled_dot_product_attention`; on the CPU, half-precision inputs are attended in float32, where
     PyTorch's CPU flash kernel is about 4x faster than its bf16 version (and more accurate). Keys and values with
@@ -244,10 +251,17 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttnMask, dro
     half = (torch.bfloat16, torch.float16)
     if q.device.type == "cpu" and (q.dtype in half or v.dtype in half or torch.is_autocast_enabled("cpu")):
         # (under CPU autocast, SDPA's inputs would be cast down to bf16 even when they arrive in fp32)
+        dtype = v.dtype
         with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask.mask,
-                                               is_causal=mask.causal, dropout_p=dropout, **gqa)
-        return y.to(v.dtype)
+            q, k, v = q.float(), k.float(), v.float()
+            if _kernel_attention(q, k, v, mask, dropout):
+                y = kernels.causal_attention(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal,
+                                                   dropout_p=dropout, **gqa)
+        return y.to(dtype)
+    if _kernel_attention(q, k, v, mask, dropout):
+        return kernels.causal_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, is_causal=mask.causal, dropout_p=dropout,
                                           **gqa)
 

@@ -23,6 +23,7 @@ import torch
 MAX_ROWS = 8  # rows of activations (tokens x batch) the kernels take; more go to PyTorch's matrix-matrix kernels
 _lock = threading.Lock()
 _ops: Any = None  # None: not tried yet; False: unavailable here; else torch.ops.lmforge_kernels
+_ready = False  # the kernels are loaded and usable (a plain bool: torch.compile reads it without tracing `ops`)
 _off = 0  # > 0 inside `disabled()`
 
 
@@ -61,6 +62,8 @@ def ops() -> Any:
         with _lock:
             if _ops is None:
                 _ops = _load() if enabled() else False
+                global _ready
+                _ready = bool(_ops)
     return _ops or None
 
 
@@ -189,5 +192,106 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
     return y if y.numel() else None
 
 
+# ---- causal self-attention for training --------------------------------------------------------------------------
+
+ATTENTION_MAX_T = 256  # longer sequences keep PyTorch's flash kernel (benchmarks/attention.py: equal speed at 256)
+_attention_units = 2  # (batch x key/value heads) units the kernel needs, one per thread: set by load_for_training
+
+
+def attention_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
+    """Whether `causal_attention` takes these (B, H, T, D) fp32 CPU tensors: causal self-attention over the same
+    T <= ATTENTION_MAX_T positions, no dropout, H a multiple of the key/value heads, at least one (batch, key/value
+    head) unit per thread (as `load_for_training` counted them), and the kernels loaded (`load_for_training`).
+    Plain Python on shapes and flags, so torch.compile traces it into guards."""
+    if not _ready or _off or dropout or q.device.type != "cpu" or q.dim() != 4:
+        return False
+    B, H, T, _ = q.shape
+    return (q.dtype == k.dtype == v.dtype == torch.float32 and k.shape[2] == T and T <= ATTENTION_MAX_T
+            and H % k.shape[1] == 0 and B * k.shape[1] >= _attention_units)
+
+
+def load_for_training(device: torch.device) -> None:
+    """Load (building once) the kernels before a CPU training run, so its first step, compiled or not, sees them."""
+    global _attention_units
+    if device.type == "cpu":
+        _attention_units = torch.get_num_threads()
+        ops()
+
+
+@torch.library.custom_op("lmforge::causal_attention", mutates_args=())
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    out = ops().causal_attention(q, k, v, scale)
+    return out[0], out[1]
+
+
+@_causal_attention.register_fake
+def _(q, k, v, scale):
+    B, H, T, D = q.shape
+    return q.new_empty(B, T, H, D).transpose(1, 2), q.new_empty(B, H, T)
+
+
+@torch.library.custom_op("lmforge::causal_attention_backward", mutates_args=())
+def _causal_attention_backward(g: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                               lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = ops().causal_attention_backward(g, q, k, v, o, lse, scale)
+    return out[0], out[1], out[2]
+
+
+@_causal_attention_backward.register_fake
+def _(g, q, k, v, o, lse, scale):
+    B, H, T, D = q.shape
+    K = k.shape[1]
+    return (q.new_empty(B, T, H, D).transpose(1, 2), q.new_empty(B, T, K, D).transpose(1, 2),
+            q.new_empty(B, T, K, D).transpose(1, 2))
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, scale = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1])
+    ctx.scale = scale
+
+
+def _backward(ctx, grad, _grad_lse):
+    q, k, v, o, lse = ctx.saved_tensors
+    if grad.stride(-1) != 1:
+        grad = grad.contiguous()
+    dq, dk, dv = _causal_attention_backward(grad, q, k, v, o, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+_causal_attention.register_autograd(_backward, setup_context=_setup)
+
+
+class _CausalAttention(torch.autograd.Function):
+    """The same kernels without the custom operator's dispatch (~0.1 ms a call): the eager path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        o, lse = ops().causal_attention(q, k, v, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, o, lse = ctx.saved_tensors
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
+        dq, dk, dv = ops().causal_attention_backward(grad, q, k, v, o, lse, ctx.scale)
+        return dq, dk, dv, None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + causal mask) v for tensors `attention_fits` accepts, with its gradient: lmforge's
+    kernel, (B, H, T, D) laid out as (B, T, H, D). Under torch.compile a custom operator (opaque to the compiler),
+    else an autograd function (less overhead a call)."""
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    scale = q.shape[-1] ** -0.5
+    if torch.compiler.is_compiling():
+        return _causal_attention(q, k, v, scale)[0]
+    return _CausalAttention.apply(q, k, v, scale)
+
+
 __all__ = ["MAX_ROWS", "enabled", "disabled", "ops", "linear_f32", "linear_int8", "linear_int4", "dequant_int4",
-           "rms_norm", "to_hugepages"]
+           "rms_norm", "to_hugepages", "attention_fits", "causal_attention", "load_for_training"]

@@ -35,6 +35,7 @@ from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..model import Transformer
 from .distributed import (collective_dir, gradient_sync, load_model_state, load_optimizer_state_shards, model_state,
                           optimizer_state_shards, parallelize, setup_distributed, whole_weights)
+from ..model import kernels
 from ..model.flops import flops_per_token
 from .logs import MetricsLogger, plot_losses
 from .objectives import Objective
@@ -141,6 +142,26 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = meta["numpy"]
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+# --compile: the whole training forward (model and loss as one graph) for a model at most this wide and deep, where
+# per-operator overhead outweighs the products (gpt-nano / llama-nano on a 2-core CPU: 1.05x the block-by-block
+# compile); each block for larger ones (gpt-mini, 320 wide: the whole-model graph 0.9x the blocks' speed, compiling
+# 2-3x longer, growing with depth). None: by this rule; "model" | "blocks": forced (tests, benchmarks).
+WHOLE_MODEL_MAX = (256, 8)  # (d_model, layers)
+COMPILE_SCOPE: str | None = None
+
+
+def compile_scope(model: Transformer, sharded: bool) -> str:
+    """What --compile compiles: "model" (the training forward as one graph) or "blocks" (each block; always for a
+    sharded run, whose FSDP units are compiled before sharding)."""
+    if sharded:
+        return "blocks"
+    if COMPILE_SCOPE:
+        return COMPILE_SCOPE
+    c = model.config
+    layers = c.n_layer + (c.n_decoder_layer or c.n_layer if c.arch == "encoder_decoder" else 0)
+    return "model" if c.d_model <= WHOLE_MODEL_MAX[0] and layers <= WHOLE_MODEL_MAX[1] else "blocks"
 
 
 class ObjectiveModule(nn.Module):
@@ -258,12 +279,14 @@ class Trainer:
                 self.peak = peak_flops(self.device, self.amp_dtype or torch.float32, config.peak_tflops)
             except RuntimeError:  # (a device without matrix multiplies at this dtype: no MFU)
                 self.peak = None
-        if config.compile == "on":
-            self._compile_blocks(True)
         # the loss is computed inside one module's forward, so DDP and FSDP see every use of the weights, whatever
         # methods of the model an objective calls (masked LM uses encode + the head on masked positions)
-        self.train_model: nn.Module = parallelize(ObjectiveModule(self.model, objective), self.model, config.strategy,
-                                                  self.device, self.amp_dtype)
+        self.objective_module = ObjectiveModule(self.model, objective)
+        kernels.load_for_training(self.device)  # (lmforge's CPU attention kernel, seen by the first step compiled or not)
+        if config.compile == "on":
+            self._compile(True)
+        self.train_model: nn.Module = parallelize(self.objective_module, self.model, config.strategy, self.device,
+                                                  self.amp_dtype)
         self.optimizer = build_optimizer(self.model, config, self.device)  # (after FSDP: its parameters are shards)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         if resume:
@@ -271,15 +294,22 @@ class Trainer:
         self.probe: CompileProbe | None = None
         if config.compile == "auto":
             if self.state.compiled == "on":
-                self._compile_blocks(True)
+                self._compile(True)
             elif self.state.compiled is None and self.dist.world == 1 and not self.sharded:
                 # (several processes must decide alike, and FSDP units are compiled before sharding: those stay eager)
                 left = None if config.max_time is None else max(config.max_time - self.state.elapsed, 0.0)
                 self.probe = CompileProbe(self.device, self.max_steps - self.state.step, time_left=left)
         self._prefetched: tuple[int, list[dict[str, torch.Tensor]]] | None = None
 
-    def _compile_blocks(self, on: bool) -> None:
-        """torch.compile each block (one graph, reused by every layer of the same shape), or undo it."""
+    def _compile(self, on: bool) -> None:
+        """torch.compile the training forward (model and loss as one graph where it traces whole: elementwise work
+        fused across the blocks, the head and the loss), or, for a sharded run, each block (one graph, reused by
+        every layer of the same shape, compiled before sharding); or undo it."""
+        if compile_scope(self.model, self.sharded) == "model":
+            self.objective_module._compiled_call_impl = None
+            if on:
+                self.objective_module.compile()
+            return
         for stack in (self.model.encoder, self.model.decoder):
             if stack is not None:
                 for block in stack.layers:
@@ -536,10 +566,10 @@ class Trainer:
         probe.observe(seconds)
         if probe.wants_compile:
             probe.wants_compile = False
-            self._compile_blocks(True)
+            self._compile(True)
         if probe.decision is not None:
             if probe.decision == "off" and probe.phase == "compiled":
-                self._compile_blocks(False)
+                self._compile(False)
             self.state.compiled = probe.decision
             self.compile_report = probe.report
             self.probe = None
@@ -638,6 +668,8 @@ class Trainer:
                  "flops_per_token": int(self._flops[0] + self._flops[1] * self._seq_len),
                  "compile": self.config.compile if self.config.compile != "auto" else
                  {"auto": st.compiled or "off", **getattr(self, "compile_report", {})}}
+        if self.config.compile == "on" or st.compiled == "on":
+            speed["compile_scope"] = compile_scope(self.model, self.sharded)  # what was compiled: model | blocks
         return {"steps": st.step, "max_steps": self.max_steps, "tokens": st.tokens, "seconds": round(st.elapsed, 1),
                 "tok_per_s": round(rate, 1), **speed, "val_loss": last.get("loss"),
                 "val_ppl": last.get("ppl"), "best_val": st.best_val,

@@ -278,3 +278,62 @@ def test_weights_moved_to_huge_pages_keep_values_and_identity():
     qmodel.lm_head.register_buffer("qweight", torch.randint(-127, 128, (330 * 8, 1024), dtype=torch.int8)[:330 * 8])
     kernels.to_hugepages(qmodel)  # (a buffer of 2.7 MB: replaced, and the layer's kernel tensors taken again)
     assert qmodel.lm_head.qweight.data_ptr() % (2 << 20) == 0 and qmodel.lm_head._own is None
+
+
+def _attention_reference(q, k, v):
+    """Causal attention in float64 written out, grouped query heads sharing their key/value head."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    T = q.shape[2]
+    s = q.double() @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return s.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("B,H,K,T,D", [(2, 4, 4, 64, 32), (3, 6, 2, 37, 24), (1, 3, 1, 130, 64), (2, 2, 2, 1, 16),
+                                       (1, 2, 2, 256, 80)])
+def test_causal_attention_kernel_and_its_gradient_equal_float64(B, H, K, T, D):
+    """lmforge's training attention (grouped heads, lengths that are not multiples of the kernel's blocks, head sizes
+    that are not multiples of 16, inputs laid out (B, T, heads, D) as a projection leaves them) against float64,
+    values and the gradients of q, k and v."""
+    kernels.load_for_training(torch.device("cpu"))
+    g = torch.Generator().manual_seed(B * 1000 + T)
+    q, k, v = (torch.randn(B, T, n, D, generator=g).transpose(1, 2).requires_grad_() for n in (H, K, K))
+    assert kernels.attention_fits(q, k, v, 0.0)
+    y = kernels.causal_attention(q, k, v)
+    grad = torch.randn(B, H, T, D, generator=g)
+    dq, dk, dv = torch.autograd.grad(y, (q, k, v), grad)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = _attention_reference(q64, k64, v64)
+    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    assert y.shape == (B, H, T, D) and rel(y, ref) < 1e-5
+    for a, b in ((dq, rq), (dk, rk), (dv, rv)):  # (one position: dq is exactly 0, rounding ~1e-8 here)
+        assert a.shape == b.shape and float((a.double() - b).abs().max()) < 1e-5 * max(float(b.abs().max()), 1.0)
+
+
+def test_training_attention_takes_the_kernel_only_where_it_applies(monkeypatch):
+    """A training forward (a gradient to compute) goes through lmforge's kernel, with SDPA's result; inference,
+    padding masks, dropout, long sequences and `kernels.disabled()` keep SDPA."""
+    from lmforge.model import blocks
+
+    kernels.load_for_training(torch.device("cpu"))
+    calls = []
+    real = kernels.causal_attention
+    monkeypatch.setattr(kernels, "causal_attention", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 48, 32, generator=g).requires_grad_() for _ in range(3))
+    causal = blocks.AttnMask(None, True)
+    y = blocks._sdpa(q, k, v, causal, 0.0)
+    assert calls == [1] and rel(y, F.scaled_dot_product_attention(q, k, v, is_causal=True)) < 1e-5
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (bf16 autocast: attended in fp32, returned in bf16)
+        assert blocks._sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal, 0.0).dtype == torch.bfloat16
+    assert calls == [1, 1]
+    with torch.no_grad():
+        blocks._sdpa(q, k, v, causal, 0.0)
+    blocks._sdpa(q, k, v, causal, 0.1)
+    blocks._sdpa(q, k, v, blocks.build_attn_mask(48, 48, causal=True, key_padding=torch.ones(2, 48)), 0.0)
+    long = torch.randn(2, 4, kernels.ATTENTION_MAX_T + 1, 8, requires_grad=True)
+    blocks._sdpa(long, long, long, causal, 0.0)
+    with kernels.disabled():
+        blocks._sdpa(q, k, v, causal, 0.0)
+    assert calls == [1, 1]

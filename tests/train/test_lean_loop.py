@@ -182,18 +182,57 @@ def test_compile_and_peak_options_are_checked():
 
 
 @pytest.mark.slow
-def test_a_compiled_block_has_no_graph_break_and_trains_like_eager(data, tmp_path):
-    """As litgpt guards its compiled step: the block compiles to one graph (fullgraph=True raises on a break), and
-    a compiled run logs the eager run's losses within float rounding."""
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_the_compiled_step_has_no_graph_break_and_trains_like_eager(data, tmp_path, monkeypatch, scope):
+    """As litgpt guards its compiled step: the training forward (model and loss, what --compile on compiles) and
+    the block (what a sharded run compiles) each trace to one graph (fullgraph=True raises on a break), and a
+    compiled run logs the eager run's losses within float rounding."""
+    import lmforge.train.trainer as trainer_module
+
     trainer, objective, config = _setup(data, tmp_path / "eager", max_steps=8)
     eager = trainer.fit()
     torch._dynamo.reset()
+    monkeypatch.setattr(trainer_module, "COMPILE_SCOPE", scope)
     compiled, _, _ = _setup(data, tmp_path / "compiled", max_steps=8, compile="on")
-    for block in compiled.model.decoder.layers:
-        block.compile(fullgraph=True)
+    if scope == "model":
+        assert compiled.objective_module._compiled_call_impl is not None
+        compiled.objective_module.compile(fullgraph=True)
+    else:
+        assert compiled.objective_module._compiled_call_impl is None
+        for block in compiled.model.decoder.layers:
+            assert block._compiled_call_impl is not None
+            block.compile(fullgraph=True)
     summary = compiled.fit()
     assert summary["compile"] == "on"
     a = [r["loss"] for r in read_metrics(tmp_path / "eager" / "metrics.jsonl") if r["split"] == "train"]
     b = [r["loss"] for r in read_metrics(tmp_path / "compiled" / "metrics.jsonl") if r["split"] == "train"]
     assert len(a) == len(b) == 8 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4
     assert abs(eager["val_loss"] - summary["val_loss"]) < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["gpt-nano", "llama-nano"])
+def test_the_training_forward_traces_to_one_graph(data, preset):
+    """The guard of the compiled step that runs in the default suite: the causal-LM training forward (model and loss,
+    what --compile on compiles) of a GPT and a Llama block traces without a graph break and its backward through
+    AOTAutograd (backend aot_eager: the tracing without inductor's code generation) gives eager's gradients, with
+    lmforge's CPU attention kernel in the graph where it is built (a custom operator: opaque to the compiler)."""
+    from lmforge.model import kernels
+    from lmforge.train.trainer import ObjectiveModule
+
+    kernels.load_for_training(torch.device("cpu"))
+
+    prepared = PreparedData(data)
+    tok = prepared.tokenizer()
+    config = build_config(preset, {"n_layer": 2, "d_model": 32, "n_head": 2, "dropout": 0.0}, tok, 32, "clm")
+    torch.manual_seed(0)
+    module = ObjectiveModule(lmforge.build_model(config).train(), make_objective("clm", prepared, tok, 32, 1))
+    batch = module.objective.batch(0, 4)
+    torch._dynamo.reset()
+    traced = torch.compile(module, backend="aot_eager", fullgraph=True)
+    grads = []
+    for fn in (module, traced):
+        module.zero_grad(set_to_none=True)
+        loss, count = fn(batch)
+        (loss / count).backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
