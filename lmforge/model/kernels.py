@@ -1,9 +1,11 @@
-"""lmforge's own CPU kernels for decoding (kernels.cpp), built once on first use, with PyTorch's as the fallback.
+"""lmforge's own CPU kernels (kernels.cpp) for decoding and for attention in training, built once on first use, with
+PyTorch's as the fallback.
 
 At batch 1 a decoding step reads every weight once, so its speed is the matrix-vector product's memory bandwidth.
 PyTorch's CPU kernels reach 44-73% of a plain read of the same bytes on the machines measured
 (benchmarks/decode_floor.py); lmforge's stream each weight row once with AVX-512 (fp32, int8 per-row and lmforge's
-int4 layout, for at most `MAX_ROWS` rows of activations) at 80-95% of it, and an fp32 RMSNorm in one pass. They are
+int4 layout, for at most `MAX_ROWS` rows of activations) at 80-95% of it, and an fp32 RMSNorm in one pass. For
+training on short sequences, a causal-attention forward and backward (`causal_attention`, docs/performance.md). They are
 compiled by `torch.utils.cpp_extension` the first time a process needs them (about 10 s, cached under
 `TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) and checked against PyTorch's result before use.
 Where they cannot run (no C++ compiler, a CPU without AVX-512, a GPU tensor, a gradient, more rows) every caller
@@ -80,7 +82,7 @@ def _load() -> Any:
             try:  # the first build takes a while: say so (a changed source rebuilds quietly)
                 folder = cpp_extension._get_build_directory("lmforge_kernels", False)
                 if not any(f.endswith(".so") for f in os.listdir(folder)):
-                    print("lmforge: building its CPU decode kernels (once, about 10-30 s)...", file=sys.stderr)
+                    print("lmforge: building its CPU kernels (once, about 10-40 s)...", file=sys.stderr)
             except Exception:
                 pass
             cpp_extension.load(name="lmforge_kernels", sources=[source], extra_cflags=["-O3", "-fopenmp"],
@@ -93,7 +95,7 @@ def _load() -> Any:
         ok = torch.allclose(k.linear_f32(x, w), x @ w.T, rtol=1e-4, atol=1e-4)
         return k if ok else False
     except Exception as e:  # no compiler, an unusual platform: PyTorch's kernels it is
-        print(f"lmforge: CPU decode kernels unavailable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+        print(f"lmforge: CPU kernels unavailable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
               "using PyTorch's (set LMFORGE_KERNELS=0 to skip trying)", file=sys.stderr)
         return False
 
@@ -221,7 +223,7 @@ def load_for_training(device: torch.device) -> None:
 @torch.library.custom_op("lmforge::causal_attention", mutates_args=())
 def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    out = ops().causal_attention(q, k, v, scale)
+    out = _ops.causal_attention(q, k, v, scale)
     return out[0], out[1]
 
 
@@ -234,7 +236,7 @@ def _(q, k, v, scale):
 @torch.library.custom_op("lmforge::causal_attention_backward", mutates_args=())
 def _causal_attention_backward(g: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                                lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out = ops().causal_attention_backward(g, q, k, v, o, lse, scale)
+    out = _ops.causal_attention_backward(g, q, k, v, o, lse, scale)
     return out[0], out[1], out[2]
 
 
@@ -264,11 +266,12 @@ _causal_attention.register_autograd(_backward, setup_context=_setup)
 
 
 class _CausalAttention(torch.autograd.Function):
-    """The same kernels without the custom operator's dispatch (~0.1 ms a call): the eager path."""
+    """The same kernels without the custom operator's dispatch (~0.1 ms a call): the eager path. (Both call the
+    loaded library itself, not `ops()`: a backward run inside `disabled()` still has its forward's kernel.)"""
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        o, lse = ops().causal_attention(q, k, v, scale)
+        o, lse = _ops.causal_attention(q, k, v, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale = scale
         return o
@@ -278,7 +281,7 @@ class _CausalAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         if grad.stride(-1) != 1:
             grad = grad.contiguous()
-        dq, dk, dv = ops().causal_attention_backward(grad, q, k, v, o, lse, ctx.scale)
+        dq, dk, dv = _ops.causal_attention_backward(grad, q, k, v, o, lse, ctx.scale)
         return dq, dk, dv, None
 
 
