@@ -1,5 +1,6 @@
 """Where training time goes on this CPU: matrix-multiply throughput by dtype, and the step time of the
-Tiny Shakespeare models in fp32 / bf16 autocast, eager / torch.compile (each block compiled).
+Tiny Shakespeare models in fp32 / bf16 autocast, eager / torch.compile (compiled as `--compile on` compiles it: the
+whole forward and loss for a small model, each block for a larger one; lmforge's CPU attention kernel as in training).
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --models gpt-mini --batch 8 --context 256   # a model where compute dominates
@@ -45,9 +46,19 @@ LAST_COMPILE_S = [0.0]
 
 
 def step_ms(name: str, bf16: bool, compiled: bool, batch: int = 12, context: int = 64) -> float:
+    from lmforge.model import kernels
+    from lmforge.train.trainer import compile_scope
+
+    kernels.load_for_training(torch.device("cpu"))  # (as the Trainer does)
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_name(name, vocab_size=71, dropout=0.0)).train()
-    if compiled:
+
+    def loss_of(x, y):
+        return cross_entropy(model(x), y) / y.numel()
+
+    if compiled and compile_scope(model, False) == "model":
+        loss_of = torch.compile(loss_of)
+    elif compiled:
         for block in model.decoder.layers:
             block.compile()
     opt = build_optimizer(model, TrainConfig(), torch.device("cpu"))
@@ -56,7 +67,7 @@ def step_ms(name: str, bf16: bool, compiled: bool, batch: int = 12, context: int
 
     def step():
         with autocast():
-            loss = cross_entropy(model(x), y) / y.numel()
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
