@@ -115,9 +115,10 @@ def test_zero_shot_picks_the_right_label_on_an_easy_case(tmp_path):
     assert report["accuracy"] == 1.0 and report["majority_accuracy"] == 0.5
     few = eval_zero_shot(str(tmp_path / "lm"), data=test, labels="0=negative,1=positive", shots=2,
                          template="review: {input}\nanswer: {output}")
-    # (the 2-shot prompt joins examples by a blank line, which this model never saw inside a document: its 2-shot
-    # accuracy is near chance and moves with rounding, 0.5-1.0 over training seeds and attention kernels; the
-    # prompt itself is tested in tests/generate/test_generate_prompting.py)
+    # (the 2-shot prompt, 38 tokens, is cut to this model's 32-token context, and it joins examples by a blank line,
+    # which the model never saw inside a document: its 2-shot accuracy is near chance and moves with rounding,
+    # 0.5-1.0 over training seeds and attention kernels; the prompt itself is tested in
+    # tests/generate/test_generate_prompting.py)
     assert few["shots"] == 2 and few["accuracy"] >= 0.5 and few["majority_accuracy"] == 0.5
     assert label_names("negative,positive", ["0", "1"]) == {"0": "negative", "1": "positive"}
     with pytest.raises(ConfigError, match="does not cover the data's labels"):
