@@ -593,28 +593,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 exp16(__m512 
   return _mm512_scalef_ps(p, n);
 }
 
-// s[j] = sum_d q[d] * t[d * T + j] for j < n   (t: a head's keys or values transposed, D x T); four blocks of 16
-// keys at a time, so four independent FMA chains run side by side
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void row_scores(const float* q, const float* t, float* s, int64_t n, int64_t D, int64_t T) {
-  for (int64_t j = 0; j < n; j += 64) {
-    const __mmask16 m0 = tail_mask(n - j), m1 = n - j > 16 ? tail_mask(n - j - 16) : 0,
-                    m2 = n - j > 32 ? tail_mask(n - j - 32) : 0, m3 = n - j > 48 ? tail_mask(n - j - 48) : 0;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    const float* tj = t + j;
-    for (int64_t d = 0; d < D; ++d, tj += T) {
-      const __m512 qd = _mm512_set1_ps(q[d]);
-      a0 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m0, tj), a0);
-      if (m1) a1 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m1, tj + 16), a1);
-      if (m2) a2 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m2, tj + 32), a2);
-      if (m3) a3 = _mm512_fmadd_ps(qd, _mm512_maskz_loadu_ps(m3, tj + 48), a3);
-    }
-    _mm512_mask_storeu_ps(s + j, m0, a0);
-    if (m1) _mm512_mask_storeu_ps(s + j + 16, m1, a1);
-    if (m2) _mm512_mask_storeu_ps(s + j + 32, m2, a2);
-    if (m3) _mm512_mask_storeu_ps(s + j + 48, m3, a3);
-  }
-}
-
 // s[r * ss + j] = sum_d q_r[d] * t[d * T + j] for j < n and up to four query rows r (nr): each load of t serves
 // every row; 64 keys at a time in 16 accumulators (fixed loop bounds, so they stay in registers; missing rows
 // repeat row 0 and are not stored)
@@ -699,18 +677,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void mix_rows(const 
     }
     _mm512_mask_storeu_ps(y + d, m0, _mm512_add_ps(a0, b0));
     if (m1) _mm512_mask_storeu_ps(y + d + 16, m1, _mm512_add_ps(a1, b1));
-  }
-}
-
-// rows[j][d] += p[j] * x[d] for j < n
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void spread_rows(const float* p, const float* x, float* rows, int64_t rs, int64_t n, int64_t D) {
-  for (int64_t d = 0; d < D; d += 16) {
-    __mmask16 mk = tail_mask(D - d);
-    __m512 xv = _mm512_maskz_loadu_ps(mk, x + d);
-    for (int64_t j = 0; j < n; ++j) {
-      float* r = rows + j * rs + d;
-      _mm512_mask_storeu_ps(r, mk, _mm512_fmadd_ps(_mm512_set1_ps(p[j]), xv, _mm512_maskz_loadu_ps(mk, r)));
-    }
   }
 }
 
@@ -830,7 +796,7 @@ std::vector<at::Tensor> causal_attention(const at::Tensor& q, const at::Tensor& 
   return {o, lse};
 }
 
-// gradients of causal_attn_fwd: dq (B, H, T, D), dk and dv (B, K, T, D), each laid out as (B, T, heads, D)
+// gradients of causal_attention: dq (B, H, T, D), dk and dv (B, K, T, D), each laid out as (B, T, heads, D)
 std::vector<at::Tensor> causal_attention_backward(const at::Tensor& g, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                             const at::Tensor& o, const at::Tensor& lse, double scale) {
   if (!has_avx512() || !attn_fits(q, k, v) || g.sizes() != q.sizes() || o.sizes() != q.sizes() || g.stride(3) != 1 || o.stride(3) != 1 ||

@@ -32,10 +32,9 @@ from ..config import check_field_types
 from ..device import native_bf16, parse_dtype, resolve_device
 from ..tensor_io import save_safetensors, save_sharded
 from ..errors import CheckpointError, ConfigError, LmforgeError
-from ..model import Transformer
+from ..model import Transformer, kernels
 from .distributed import (collective_dir, gradient_sync, load_model_state, load_optimizer_state_shards, model_state,
                           optimizer_state_shards, parallelize, setup_distributed, whole_weights)
-from ..model import kernels
 from ..model.flops import flops_per_token
 from .logs import MetricsLogger, plot_losses
 from .objectives import Objective
@@ -160,7 +159,7 @@ def compile_scope(model: Transformer, sharded: bool) -> str:
     if COMPILE_SCOPE:
         return COMPILE_SCOPE
     c = model.config
-    layers = c.n_layer + (c.n_decoder_layer or c.n_layer if c.arch == "encoder_decoder" else 0)
+    layers = c.n_layer + (c.decoder_layers if c.arch == "encoder_decoder" else 0)
     return "model" if c.d_model <= WHOLE_MODEL_MAX[0] and layers <= WHOLE_MODEL_MAX[1] else "blocks"
 
 
@@ -302,9 +301,9 @@ class Trainer:
         self._prefetched: tuple[int, list[dict[str, torch.Tensor]]] | None = None
 
     def _compile(self, on: bool) -> None:
-        """torch.compile the training forward (model and loss as one graph where it traces whole: elementwise work
-        fused across the blocks, the head and the loss), or, for a sharded run, each block (one graph, reused by
-        every layer of the same shape, compiled before sharding); or undo it."""
+        """torch.compile what `compile_scope` says: the training forward (model and loss as one graph: elementwise
+        work fused across the blocks, the head and the loss) of a small model, or each block (one graph, reused by
+        every layer of the same shape; a sharded run's, compiled before sharding); or undo it."""
         if compile_scope(self.model, self.sharded) == "model":
             self.objective_module._compiled_call_impl = None
             if on:
